@@ -1,0 +1,7 @@
+"""Placeholder: this command module is being written."""
+
+from __future__ import annotations
+
+import click
+
+COMMANDS: list[click.Command] = []

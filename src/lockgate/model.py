@@ -1,0 +1,104 @@
+"""The nouns every part of Lockgate shares. Frozen, slotted, protocol-neutral."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+class PrincipalKind(enum.StrEnum):
+    HUMAN = "human"
+    MACHINE = "machine"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is behind a connection, as proven by a verified token."""
+
+    subject: str
+    groups: frozenset[str] = frozenset()
+    kind: PrincipalKind = PrincipalKind.MACHINE
+    issuer: str = "lockgate"
+    token_id: str | None = None
+    expires_at: datetime | None = None
+    # Resource names the token is limited to; None means "no scope limit".
+    scopes: frozenset[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    """Where a connection came from and what it asked for."""
+
+    address: str
+    protocol: str
+    user_name: str = ""
+    application_name: str = ""
+
+
+class SessionEnd(enum.StrEnum):
+    CLIENT_TERMINATED = "client_terminated"
+    CLIENT_DISCONNECTED = "client_disconnected"
+    UPSTREAM_CLOSED = "upstream_closed"
+    GATEWAY_SHUTDOWN = "gateway_shutdown"
+    PROTOCOL_ERROR = "protocol_error"
+    REFUSED = "refused"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """An admitted connection of one principal to one resource."""
+
+    id: str
+    principal: Principal
+    resource: str
+    client: ClientInfo
+    started_at: datetime
+
+
+class DecisionKind(enum.StrEnum):
+    ALLOW = "allow"
+    DENY = "deny"
+    REVIEW = "review"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What policy says about a connection or a command."""
+
+    kind: DecisionKind
+    rule: str = ""
+    reason: str = ""
+
+    @property
+    def allowed(self) -> bool:
+        return self.kind is DecisionKind.ALLOW
+
+
+ALLOW = Decision(DecisionKind.ALLOW)
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One statement (or other unit of work) a session asks a resource to run."""
+
+    session_id: str
+    seq: int
+    text: str
+    kind: str = ""
+    tables: tuple[str, ...] = ()
+    params: tuple[str | None, ...] | None = None
+    decision: Decision = field(default=ALLOW)
+
+
+@dataclass(frozen=True, slots=True)
+class ResultSummary:
+    """How a command ended: what came back and what it cost."""
+
+    rows: int | None = None
+    status: str = ""
+    error_code: str | None = None
+    error_message: str | None = None
+    bytes_out: int = 0
+    duration_ms: float = 0.0
