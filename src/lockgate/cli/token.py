@@ -1,7 +1,210 @@
-"""Placeholder: this command module is being written."""
+"""`lockgate token issue | revoke | list`: gateway-signed tokens for agents, CI jobs and people.
+
+`issue` prints only the token on stdout so `TOKEN=$(lockgate token issue ...)` works; every
+friendly word goes to stderr. No command ever prints a stored token (none is stored).
+"""
 
 from __future__ import annotations
 
-import click
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
-COMMANDS: list[click.Command] = []
+import click
+from sqlalchemy.exc import SQLAlchemyError
+
+from lockgate.cli.common import config_option, fail, load, print_json
+from lockgate.config.model import Manifest, parse_duration
+from lockgate.errors import LockgateError
+from lockgate.identity.tokens import GatewayTokenAuthority, TokenRecord, iso
+from lockgate.model import Principal, PrincipalKind
+from lockgate.policy.access import AccessPolicy
+
+
+@contextmanager
+def _authority(config_path: Path) -> Iterator[tuple[Manifest, GatewayTokenAuthority]]:
+    from lockgate.store import open_engine
+
+    manifest = load(config_path)
+    try:
+        # Token commands touch only `issued_tokens`, which the authority creates if missing.
+        engine = open_engine(manifest.state_url, create=False)
+    except (SQLAlchemyError, OSError) as exc:
+        fail(
+            f"cannot open the state store ({type(exc).__name__})",
+            f"check state.url in {config_path}",
+        )
+    try:
+        yield manifest, GatewayTokenAuthority(manifest, engine)
+    except LockgateError as exc:
+        fail(exc.message, exc.hint)
+    finally:
+        engine.dispose()
+
+
+def _in_words(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _status(record: TokenRecord, now: datetime) -> str:
+    if record.revoked:
+        return "revoked"
+    return "expired" if record.expired(now) else "active"
+
+
+def _as_json(record: TokenRecord, now: datetime) -> dict[str, Any]:
+    return {
+        "jti": record.jti,
+        "subject": record.subject,
+        "groups": list(record.groups),
+        "scopes": list(record.scopes) if record.scopes is not None else None,
+        "kind": record.kind.value,
+        "issued_at": iso(record.issued_at),
+        "expires_at": iso(record.expires_at),
+        "revoked": record.revoked,
+        "revoked_at": iso(record.revoked_at) if record.revoked_at else None,
+        "revoked_reason": record.revoked_reason,
+        "status": _status(record, now),
+    }
+
+
+@click.group()
+def token() -> None:
+    """Issue, list and revoke gateway-signed tokens."""
+
+
+@token.command()
+@config_option
+@click.option("--subject", required=True, help="Who the token is for (e.g. ci-deploy).")
+@click.option("--group", "groups", multiple=True, help="A group the subject is in (repeatable).")
+@click.option("--ttl", default=None, help="Lifetime such as 15m, 1h, 7d (default from manifest).")
+@click.option(
+    "--scope", "scopes", multiple=True, help="Limit the token to this resource (repeatable)."
+)
+@click.option("--human", is_flag=True, help="Mark the subject as a person, not a machine.")
+@click.option("--json", "as_json", is_flag=True, help="Print token and details as JSON.")
+def issue(
+    config_path: Path,
+    subject: str,
+    groups: tuple[str, ...],
+    ttl: str | None,
+    scopes: tuple[str, ...],
+    human: bool,
+    as_json: bool,
+) -> None:
+    """Print a new token (only the token on stdout; details on stderr)."""
+    ttl_seconds: int | None = None
+    if ttl is not None:
+        try:
+            ttl_seconds = parse_duration(ttl)
+        except ValueError as exc:
+            fail(f"--ttl: {exc}")
+    kind = PrincipalKind.HUMAN if human else PrincipalKind.MACHINE
+    with _authority(config_path) as (manifest, authority):
+        issued = authority.issue(
+            subject, groups, ttl_seconds=ttl_seconds, scopes=scopes or None, kind=kind
+        )
+        policy = AccessPolicy(manifest)
+    if as_json:
+        print_json(
+            {
+                "token": issued.token,
+                "jti": issued.jti,
+                "subject": issued.subject,
+                "groups": list(issued.groups),
+                "scopes": list(issued.scopes) if issued.scopes is not None else None,
+                "kind": kind.value,
+                "expires_at": iso(issued.expires_at),
+            }
+        )
+    else:
+        click.echo(issued.token)
+
+    lifetime = _in_words(int((issued.expires_at - datetime.now(UTC)).total_seconds() + 0.5))
+    group_text = ", ".join(issued.groups) or "none"
+    click.echo(
+        f"Issued a {kind.value} token for '{issued.subject}' (groups: {group_text})"
+        + (f", scoped to {', '.join(issued.scopes)}" if issued.scopes else "")
+        + ".",
+        err=True,
+    )
+    click.echo(f"  id {issued.jti}, expires {iso(issued.expires_at)} (in {lifetime})", err=True)
+    click.echo(f"  revoke it with: lockgate token revoke {issued.jti}", err=True)
+    for name in issued.scopes or ():
+        if manifest.resource(name) is None:
+            click.secho(
+                f"warning: resource '{name}' is not in the manifest; the token cannot reach it",
+                fg="yellow",
+                err=True,
+            )
+    principal = Principal(
+        subject=issued.subject,
+        groups=frozenset(issued.groups),
+        kind=kind,
+        scopes=frozenset(issued.scopes) if issued.scopes is not None else None,
+    )
+    reachable = policy.reachable(principal)
+    if reachable:
+        click.echo(f"  it can reach: {', '.join(reachable)}", err=True)
+    else:
+        click.secho(
+            "warning: no access rule lets this identity reach any resource yet; "
+            f"add one under `access:` in {config_path}",
+            fg="yellow",
+            err=True,
+        )
+
+
+@token.command()
+@config_option
+@click.argument("jti")
+@click.option("--reason", default="", help="Why (kept with the token record).")
+def revoke(config_path: Path, jti: str, reason: str) -> None:
+    """Revoke a token by its id; gateways refuse it on the next connection."""
+    with _authority(config_path) as (_manifest, authority):
+        found = authority.revoke(jti, reason)
+    if not found:
+        fail(f"no token with id '{jti}'", "see the ids with `lockgate token list --all`")
+    click.echo(f"Revoked token {jti}. New connections with it are refused from now on.")
+
+
+@token.command(name="list")
+@config_option
+@click.option("--all", "include_expired", is_flag=True, help="Include expired tokens.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def list_(config_path: Path, include_expired: bool, as_json: bool) -> None:
+    """List issued tokens (ids and details, never the tokens themselves)."""
+    with _authority(config_path) as (_manifest, authority):
+        records = authority.list_tokens(include_expired=include_expired)
+    now = datetime.now(UTC)
+    if as_json:
+        print_json([_as_json(r, now) for r in records])
+        return
+    if not records:
+        more = "" if include_expired else " (add --all to include expired ones)"
+        click.echo(f"No tokens{more}. Issue one with `lockgate token issue --subject NAME`.")
+        return
+    rows = [("ID", "SUBJECT", "KIND", "GROUPS", "SCOPE", "EXPIRES", "STATUS")]
+    for r in records:
+        rows.append(
+            (
+                r.jti,
+                r.subject,
+                r.kind.value,
+                ",".join(r.groups) or "-",
+                ",".join(r.scopes) if r.scopes is not None else "*",
+                iso(r.expires_at),
+                _status(r, now),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+COMMANDS: list[click.Command] = [token]

@@ -1,0 +1,29 @@
+"""The `issued_tokens` table: one row per gateway-issued token, never the token itself.
+
+The row is what revocation and listing need. A verifier looks a token's `jti` up here on
+every connection, so a revocation written by any process is seen by every gateway at once.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, DateTime, Index, String, Table, Text
+
+from lockgate.store import metadata
+
+issued_tokens = Table(
+    "issued_tokens",
+    metadata,
+    Column("jti", String(64), primary_key=True),
+    Column("subject", String(255), nullable=False),
+    # JSON list of group names.
+    Column("groups", Text, nullable=False),
+    # JSON list of resource names the token is limited to; NULL means no scope limit.
+    Column("scopes", Text, nullable=True),
+    Column("kind", String(16), nullable=False),
+    # Stored as UTC; SQLite hands them back naive, so readers re-attach UTC.
+    Column("issued_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+    Column("revoked_reason", Text, nullable=True),
+    Index("ix_issued_tokens_expires_at", "expires_at"),
+)

@@ -1,0 +1,33 @@
+"""Fixtures for identity tests: a manifest with its own state dir and SQLite store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from lockgate.config.model import Manifest, State
+from lockgate.identity.tokens import GatewayTokenAuthority
+from lockgate.store import open_engine
+
+
+@pytest.fixture
+def manifest(tmp_path: Path) -> Manifest:
+    return Manifest(
+        state=State(url=f"sqlite:///{tmp_path}/state/lockgate.db", dir=tmp_path / "state"),
+        base_dir=tmp_path,
+    )
+
+
+@pytest.fixture
+def engine(manifest: Manifest) -> Iterator[Engine]:
+    eng = open_engine(manifest.state_url, create=False)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def authority(manifest: Manifest, engine: Engine) -> GatewayTokenAuthority:
+    return GatewayTokenAuthority(manifest, engine)
