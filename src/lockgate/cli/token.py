@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from lockgate.cli.common import config_option, fail, load, print_json
 from lockgate.config.model import Manifest, parse_duration
 from lockgate.errors import LockgateError
-from lockgate.identity.tokens import GatewayTokenAuthority, TokenRecord, iso
+from lockgate.identity.tokens import GatewayTokenAuthority, TokenRecord, format_duration, iso
 from lockgate.model import Principal, PrincipalKind
 from lockgate.policy.access import AccessPolicy
 
@@ -42,13 +42,6 @@ def _authority(config_path: Path) -> Iterator[tuple[Manifest, GatewayTokenAuthor
         fail(exc.message, exc.hint)
     finally:
         engine.dispose()
-
-
-def _in_words(seconds: int) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
 
 
 def _status(record: TokenRecord, now: datetime) -> str:
@@ -125,7 +118,7 @@ def issue(
     else:
         click.echo(issued.token)
 
-    lifetime = _in_words(int((issued.expires_at - datetime.now(UTC)).total_seconds() + 0.5))
+    lifetime = format_duration(int((issued.expires_at - datetime.now(UTC)).total_seconds() + 0.5))
     group_text = ", ".join(issued.groups) or "none"
     click.echo(
         f"Issued a {kind.value} token for '{issued.subject}' (groups: {group_text})"

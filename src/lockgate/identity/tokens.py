@@ -85,6 +85,14 @@ def iso(value: datetime) -> str:
     return utc(value).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def format_duration(seconds: int) -> str:
+    """The shortest exact `7d` / `90m` / `45s` form of a number of seconds."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
 def record_from_row(row: Any) -> TokenRecord:
     """Build a `TokenRecord` from an `issued_tokens` row."""
     m = row._mapping
@@ -228,7 +236,7 @@ class GatewayTokenAuthority:
         if ttl > self.max_ttl:
             max_text = self.manifest.identity.gateway_tokens.max_ttl
             raise TokenRequestInvalid(
-                f"token lifetime {ttl} s exceeds the maximum of {max_text} ({self.max_ttl} s)",
+                f"token lifetime {format_duration(ttl)} exceeds the maximum of {max_text}",
                 hint="ask for a shorter --ttl, or raise identity.gateway_tokens.max_ttl",
             )
 

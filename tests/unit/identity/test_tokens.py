@@ -83,7 +83,9 @@ def test_issue_signs_the_documented_claims(authority: GatewayTokenAuthority) -> 
 
 
 def test_issue_with_scopes_and_human_kind(authority: GatewayTokenAuthority) -> None:
-    issued = authority.issue("alice", ["dba"], scopes=["orders", "orders"], kind=PrincipalKind.HUMAN)
+    issued = authority.issue(
+        "alice", ["dba"], scopes=["orders", "orders"], kind=PrincipalKind.HUMAN
+    )
     claims = _claims(authority, issued.token)
     assert claims["scope"] == ["orders"]
     assert claims["kind"] == "human"
