@@ -1,0 +1,142 @@
+"""The `lockgate demo` steps, one by one, against a real embedded PostgreSQL."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lockgate import demo
+from lockgate.config.model import Manifest
+
+
+def test_luhn_check_digit_known_numbers() -> None:
+    assert demo.luhn_valid("79927398713")
+    assert demo.luhn_valid("4111111111111111")
+    assert not demo.luhn_valid("4111111111111112")
+    assert not demo.luhn_valid("41111111111111x1")
+    assert demo.luhn_check_digit("7992739871") == "3"
+
+
+def test_fake_customers_are_realistic_and_deterministic() -> None:
+    customers = demo.fake_customers()
+    assert len(customers) == demo.DEMO_ROWS == 500
+    assert customers == demo.fake_customers()
+    for c in customers:
+        assert re.fullmatch(r"\d{3}-\d{2}-\d{4}", c.ssn)
+        assert re.fullmatch(r"\d{16}", c.card_number)
+        assert demo.luhn_valid(c.card_number)
+        assert "@" in c.email and " " in c.full_name
+        assert c.created_at.tzinfo is not None
+    assert len({c.email for c in customers}) == len(customers)
+
+
+def test_choose_port_skips_a_taken_port() -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        taken = held.getsockname()[1]
+        chosen = demo.choose_port(taken)
+        assert chosen != taken and chosen > taken
+        assert demo.port_is_free("127.0.0.1", chosen)
+
+
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    """A scratch folder outside pytest's basetemp.
+
+    As root, pgserver runs postgres as another account and opens up the folders above the
+    data directory; a concurrent pytest session resets its basetemp to 0700, which would
+    lock that account out mid-initdb.
+    """
+    path = Path(tempfile.mkdtemp(prefix="lockgate-demo-test-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def embedded(scratch: Path) -> Iterator[demo.EmbeddedPostgres]:
+    pg = demo.start_embedded_postgres(scratch / "demo" / "pgdata")
+    try:
+        yield pg
+    finally:
+        pg.stop()
+
+
+def test_embedded_server_is_seeded_once_with_500_rows(
+    embedded: demo.EmbeddedPostgres,
+) -> None:
+    assert embedded.is_running()
+    assert demo.seed_customers(embedded) == 500
+    first = embedded.psql("SELECT * FROM customers ORDER BY id", demo.DATABASE)
+    messages: list[str] = []
+    assert demo.seed_customers(embedded, messages.append) == 500
+    assert any("already" in m for m in messages)
+    assert embedded.psql("SELECT * FROM customers ORDER BY id", demo.DATABASE) == first
+
+    cards = embedded.psql("SELECT card_number FROM customers", demo.DATABASE).split()
+    assert len(cards) == 500 and all(demo.luhn_valid(c) and len(c) == 16 for c in cards)
+    ssns = embedded.psql("SELECT ssn FROM customers", demo.DATABASE).split()
+    assert all(re.fullmatch(r"\d{3}-\d{2}-\d{4}", s) for s in ssns)
+
+
+def test_a_partial_table_is_reseeded(embedded: demo.EmbeddedPostgres) -> None:
+    demo.seed_customers(embedded)
+    embedded.psql("DELETE FROM customers WHERE id > 10", demo.DATABASE)
+    assert demo.seed_customers(embedded) == 500
+
+
+def test_stop_stops_the_embedded_server(scratch: Path) -> None:
+    pg = demo.start_embedded_postgres(scratch / "pgdata")
+    assert pg.is_running()
+    pg.stop()
+    assert not pg.is_running()
+    again = demo.start_embedded_postgres(scratch / "pgdata")  # reuses the data directory
+    try:
+        assert again.is_running()
+    finally:
+        again.stop()
+
+
+def test_manifest_points_at_the_embedded_server(
+    scratch: Path, embedded: demo.EmbeddedPostgres
+) -> None:
+    path = demo.write_manifest(scratch / "demo", embedded, 6543)
+    data = yaml.safe_load(path.read_text())
+    manifest = Manifest.model_validate(data)
+    (listener,) = manifest.listeners
+    assert (listener.host, listener.port) == ("127.0.0.1", 6543)
+    assert listener.tls.enabled and listener.tls.cert is None
+    assert manifest.state.url == "sqlite:///state/lockgate.db"
+    resource = manifest.resource("demo")
+    assert resource is not None
+    up = resource.upstream
+    assert up.host.startswith("/") and up.password is None
+    assert (Path(up.host) / f".s.PGSQL.{up.port}").exists()
+    (rule,) = manifest.access
+    assert rule.groups == ["analysts"] and rule.resources == ["demo"]
+
+
+def test_manifest_loads_with_the_loader(scratch: Path, embedded: demo.EmbeddedPostgres) -> None:
+    loader = pytest.importorskip("lockgate.config.loader")
+    path = demo.write_manifest(scratch / "demo", embedded, 6543)
+    manifest = loader.load_manifest(path)
+    assert manifest.resource("demo") is not None
+    assert manifest.state_url == "sqlite:///" + str(
+        (scratch / "demo" / "state/lockgate.db").resolve()
+    )
+
+
+def test_psql_lines_have_the_documented_form() -> None:
+    assert demo.psql_line("127.0.0.1", 6432, "TOK") == (
+        'psql "host=127.0.0.1 port=6432 dbname=demo user=analyst password=TOK sslmode=require"'
+    )
+    assert demo.pgpassword_line("127.0.0.1", 6432, "TOK").startswith("PGPASSWORD=TOK psql ")
