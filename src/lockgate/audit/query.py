@@ -1,0 +1,100 @@
+"""Reading the audit store: sessions with their statements, and refused connections."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
+
+from lockgate.audit.tables import commands, refusals, sessions
+from lockgate.errors import LockgateError
+
+
+class AmbiguousSessionId(LockgateError):
+    """A session id prefix matches more than one session."""
+
+
+def _statement_count() -> Any:
+    return (
+        select(func.count())
+        .select_from(commands)
+        .where(commands.c.session_id == sessions.c.id)
+        .scalar_subquery()
+        .label("statements")
+    )
+
+
+def _session_dict(row: Any) -> dict[str, Any]:
+    d = dict(row._mapping)
+    started: datetime = d["started_at"]
+    ended: datetime | None = d["ended_at"]
+    d["duration_ms"] = None if ended is None else (ended - started).total_seconds() * 1000
+    d["live"] = ended is None
+    return d
+
+
+def list_sessions(
+    engine: Engine,
+    *,
+    subject: str | None = None,
+    resource: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 50,
+) -> list[dict[str, Any]]:
+    """The most recent sessions first, with their statement count and duration."""
+    q = select(sessions, _statement_count())
+    if subject is not None:
+        q = q.where(sessions.c.subject == subject)
+    if resource is not None:
+        q = q.where(sessions.c.resource == resource)
+    if since is not None:
+        q = q.where(sessions.c.started_at >= since)
+    if until is not None:
+        q = q.where(sessions.c.started_at < until)
+    q = q.order_by(sessions.c.started_at.desc(), sessions.c.id).limit(limit)
+    with engine.connect() as conn:
+        return [_session_dict(r) for r in conn.execute(q)]
+
+
+def get_session(engine: Engine, id_or_prefix: str) -> dict[str, Any] | None:
+    """One session by id or unique id prefix, with its `commands` ordered by seq."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(sessions, _statement_count()).where(sessions.c.id == id_or_prefix)
+        ).first()
+        if row is None and id_or_prefix:
+            pattern = (
+                id_or_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            )
+            rows = conn.execute(
+                select(sessions, _statement_count())
+                .where(sessions.c.id.like(pattern, escape="\\"))
+                .order_by(sessions.c.started_at.desc())
+                .limit(6)
+            ).all()
+            if len(rows) > 1:
+                shown = ", ".join(r.id for r in rows[:5])
+                more = " and more" if len(rows) > 5 else ""
+                raise AmbiguousSessionId(
+                    f"session id prefix {id_or_prefix!r} matches several sessions: {shown}{more}",
+                    hint="give more characters of the id",
+                )
+            row = rows[0] if rows else None
+        if row is None:
+            return None
+        session = _session_dict(row)
+        cmds = conn.execute(
+            select(commands).where(commands.c.session_id == row.id).order_by(commands.c.seq)
+        )
+        session["commands"] = [dict(c._mapping) for c in cmds]
+    return session
+
+
+def list_refusals(engine: Engine, *, limit: int = 50) -> list[dict[str, Any]]:
+    """The most recent refused connections first."""
+    q = select(refusals).order_by(refusals.c.at.desc(), refusals.c.id.desc()).limit(limit)
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(q)]
