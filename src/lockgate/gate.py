@@ -1,0 +1,164 @@
+"""The one protocol-neutral pipeline every protocol handler calls.
+
+authenticate → authorize → open_session → admit(command) … → command_finished → end_session.
+Handlers translate bytes into these calls and the raised `LockgateError`s into native
+errors; nothing here knows about bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy.engine import Engine
+
+from lockgate.audit.recorder import AuditRecorder
+from lockgate.config.model import Manifest, Resource
+from lockgate.errors import AccessDenied, AuditUnavailable, LockgateError, SecretError, UnknownResource
+from lockgate.identity.tokens import GatewayTokenAuthority
+from lockgate.identity.verifier import GatewayTokenVerifier, IdentityVerifier
+from lockgate.model import (
+    ClientInfo,
+    Command,
+    Decision,
+    DecisionKind,
+    Principal,
+    ResultSummary,
+    Session,
+    SessionEnd,
+)
+from lockgate.policy.access import AccessPolicy
+from lockgate.secrets.refs import resolve_secret
+from lockgate.secrets.store import SecretStore
+from lockgate.sql.analyze import Analysis, Analyzer
+from lockgate.store import open_engine
+
+log = logging.getLogger("lockgate.gate")
+
+ALLOWED = Decision(DecisionKind.ALLOW)
+
+
+@dataclass(slots=True)
+class Admission:
+    """A command let through: forward it once `durable` completes (it fails if unrecorded)."""
+
+    command: Command
+    analysis: Analysis
+    durable: asyncio.Future[None]
+
+
+class Gate:
+    """Identity, access, secrets, analysis and audit behind one small API."""
+
+    def __init__(self, manifest: Manifest, engine: Engine) -> None:
+        self.manifest = manifest
+        self.engine = engine
+        self.authority = GatewayTokenAuthority(manifest, engine)
+        self.verifier = IdentityVerifier([GatewayTokenVerifier(self.authority)])
+        self.access = AccessPolicy(manifest)
+        self.secrets = SecretStore.for_manifest(manifest, engine)
+        self.analyzer = Analyzer()
+        self.audit = AuditRecorder(engine)
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest) -> Gate:
+        return cls(manifest, open_engine(manifest.state_url))
+
+    async def start(self) -> None:
+        await self.audit.start()
+
+    async def close(self) -> None:
+        await self.audit.close()
+
+    # -- connection ---------------------------------------------------------------------
+    async def authenticate(self, token: str) -> Principal:
+        """Verify a token (any trusted issuer) into a Principal; raises AuthFailed."""
+        return await self.verifier.verify(token)
+
+    def authorize(self, principal: Principal, resource_name: str) -> tuple[Resource, Decision]:
+        """The resource and the access rule that allows it; raises UnknownResource/AccessDenied."""
+        resource = self.manifest.resource(resource_name)
+        if resource is None:
+            raise UnknownResource(
+                f"resource '{resource_name}' does not exist on this gateway",
+                hint="set dbname to the name of a resource you were given access to",
+            )
+        decision = self.access.check(principal, resource_name)
+        if not decision.allowed:
+            raise AccessDenied(
+                decision.reason or f"identity '{principal.subject}' may not reach '{resource_name}'",
+                hint="ask an administrator for an access rule, or for a grant",
+                rule=decision.rule,
+            )
+        return resource, decision
+
+    def credential(self, resource: Resource) -> str | None:
+        """The upstream secret for `resource` (None when it has none); raises SecretError."""
+        ref = resource.upstream.password
+        if ref is None:
+            return None
+        return resolve_secret(ref, self.manifest, self.secrets)
+
+    async def open_session(
+        self, principal: Principal, resource: Resource, client: ClientInfo
+    ) -> Session:
+        """Record the start of a session (durably) and return it; raises AuditUnavailable."""
+        session = Session(
+            id=secrets.token_hex(8),
+            principal=principal,
+            resource=resource.name,
+            client=client,
+            started_at=dt.datetime.now(dt.UTC),
+        )
+        await self.audit.session_started(session)
+        return session
+
+    async def refuse(
+        self, client: ClientInfo, resource: str, subject: str | None, code: str, error: LockgateError
+    ) -> None:
+        """Record a refused connection; a failure to record is logged, never raised."""
+        try:
+            await self.audit.connection_refused(client, resource, subject, code, error.message)
+        except Exception:  # the client is being refused anyway
+            log.exception("could not record a refused connection")
+
+    def end_session(
+        self, session: Session, end: SessionEnd, bytes_in: int, bytes_out: int, error: str | None
+    ) -> None:
+        self.audit.session_ended(session.id, end, bytes_in, bytes_out, error)
+
+    # -- commands -----------------------------------------------------------------------
+    def analyze(self, sql: str) -> Analysis:
+        return self.analyzer.analyze(sql)
+
+    def admit(
+        self, session: Session, seq: int, text: str, params: tuple[str | None, ...] | None = None
+    ) -> Admission:
+        """Analyse, decide and record a command before it is forwarded.
+
+        Raises `CommandDenied` when a rule refuses it (the refusal is recorded). The returned
+        admission's `durable` future completes once the record is safe; it fails with
+        `AuditUnavailable` if it could not be written, and then the command must not run.
+        """
+        analysis = self.analyzer.analyze(text)
+        command = Command(
+            session_id=session.id,
+            seq=seq,
+            text=text,
+            kind=analysis.kind,
+            tables=analysis.tables,
+            params=params if self.manifest.audit.record_parameters else None,
+            decision=ALLOWED,
+        )
+        try:
+            durable = self.audit.command_started(command)
+        except AuditUnavailable as exc:
+            durable = asyncio.get_running_loop().create_future()
+            durable.set_exception(exc)
+        return Admission(command, analysis, durable)
+
+    def command_finished(self, session: Session, seq: int, summary: ResultSummary) -> None:
+        self.audit.command_finished(session.id, seq, summary)

@@ -1,0 +1,408 @@
+"""The PostgreSQL relay: moves bytes between client and upstream, admitting every command.
+
+Theory of operation
+-------------------
+Client → upstream. Each chunk the client sends is split into whole messages (a partial
+tail waits for the next chunk). Messages that carry a command (`Query`, `Execute`) are
+admitted through the gate, which records them write-ahead; the chunk is held (client
+reading paused) until every record in it is durable, then forwarded with ONE write. A
+command that is refused is dropped and answered locally with an ErrorResponse.
+
+Upstream → client. Chunks are forwarded whole. To know which command a response belongs
+to, the relay keeps `_pending`, a FIFO of what the client asked, in order: `Q` (simple
+query), `P`/`B`/`D`/`C`/`E` (extended-protocol steps), `S` (Sync) and `L` (a local answer
+the gateway must deliver in turn). Response messages pop it: `1` `2` `3` `n`/`T` finish
+`P` `B` `C` `D`; `C`/`s`/`I`/`E` finish an `E`xecute; after an error in the extended
+protocol the server skips to the next Sync, and so does the FIFO; `Z` finishes `Q` or `S`.
+When an `L` reaches the head, its bytes are written at exactly that point of the stream,
+so a refusal reaches the client in the order it expects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from lockgate.errors import LockgateError
+from lockgate.gate import Admission, Gate
+from lockgate.model import ResultSummary, Session
+from lockgate.protocols.postgres import messages as m
+from lockgate.protocols.postgres import sqlstate
+from lockgate.proxy.endpoint import Endpoint
+
+log = logging.getLogger("lockgate.postgres")
+
+# Frontend message types (client → server).
+_Q, _P, _B, _D, _C, _E, _S, _X, _F = b"QPBDCESXF"
+# Backend message types (server → client); 'C', 'D', 'E' share letters with the above.
+_ONE, _TWO, _THREE, _T, _NODATA, _SUSPENDED, _I, _Z = b"123TnsIZ"
+# Pseudo-type of a local answer waiting its turn in the response queue.
+_L = ord("L")
+_STEPS = frozenset((_P, _B, _C, _D))
+_TRACKED = frozenset((_P, _B, _C, _D, _S, _F))
+
+# Frontend message types that may appear after startup.
+_FRONTEND_TYPES = frozenset(b"QPBDCESHXFdcfp")
+
+
+@dataclass(slots=True)
+class _Op:
+    """One thing the client asked for whose answer is still due."""
+
+    kind: int
+    seq: int = 0
+    started: float = 0.0
+    rows: int | None = None
+    status: str = ""
+    error_code: str | None = None
+    error_message: str | None = None
+    bytes_out: int = 0
+    # For `L`: the error to deliver; for `S`: an error that replaces upstream's answer.
+    # Either is followed by ReadyForQuery with the transaction status current at delivery.
+    local: bytes = b""
+    done: bool = False
+
+
+@dataclass(slots=True)
+class _Plan:
+    """What to do with one client chunk."""
+
+    out: list[tuple[bytes | memoryview, _Op | None]] = field(default_factory=list)
+    admissions: list[Admission] = field(default_factory=list)
+
+
+class PgRelay:
+    """Relays one admitted session between `client` and `upstream`."""
+
+    def __init__(
+        self,
+        gate: Gate,
+        session: Session,
+        client: Endpoint,
+        upstream: Endpoint,
+        on_finished: Callable[[str | None], None],
+    ) -> None:
+        self.gate = gate
+        self.session = session
+        self.client = client
+        self.upstream = upstream
+        self._on_finished = on_finished
+        self._seq = 0
+        self._pending: deque[_Op] = deque()
+        self._cbuf = bytearray()
+        self._ubuf = bytearray()
+        self._held: list[bytes] = []
+        self._holding = False
+        self._statements: dict[str, str] = {}
+        self._portals: dict[str, tuple[str, tuple[str | None, ...] | None]] = {}
+        self._tx_status = b"I"
+        # Set while the rest of an extended-protocol batch is skipped: the error for its Sync.
+        self._skip_error = b""
+        self._terminated = False
+        self._record_params = gate.manifest.audit.record_parameters
+
+    def start(self) -> None:
+        self.client.peer = self.upstream
+        self.upstream.peer = self.client
+        self.upstream.set_sink(self._from_upstream)
+        self.client.set_sink(self._from_client)
+
+    @property
+    def terminated(self) -> bool:
+        return self._terminated
+
+    # ================================================================ client → upstream
+    def _from_client(self, data: bytes) -> None:
+        if self._holding:
+            self._held.append(data)
+            return
+        if self._cbuf:
+            self._cbuf += data
+            buf: bytes | bytearray = self._cbuf
+        else:
+            buf = data
+        try:
+            spans, consumed = m.split_messages(buf)
+        except m.ProtocolViolation as exc:
+            self._fail(exc.message)
+            return
+        self._cbuf = bytearray(buf[consumed:]) if consumed < len(buf) else bytearray()
+        if not spans:
+            return
+        try:
+            plan = self._plan(buf, spans)
+        except m.ProtocolViolation as exc:
+            self._fail(exc.message)
+            return
+        if not plan.admissions:
+            self._apply(plan)
+            return
+        # Hold the chunk until every command in it is durably recorded.
+        self._holding = True
+        self.client.pause_reading()
+        remaining = len(plan.admissions)
+
+        def released(_f: asyncio.Future[None]) -> None:
+            nonlocal remaining
+            remaining -= 1
+            if remaining == 0:
+                self._release(plan)
+
+        for adm in plan.admissions:
+            adm.durable.add_done_callback(released)
+
+    def _release(self, plan: _Plan) -> None:
+        failed: LockgateError | None = None
+        for adm in plan.admissions:
+            exc = adm.durable.exception()
+            if exc is not None:
+                failed = exc if isinstance(exc, LockgateError) else LockgateError(str(exc))
+        if failed is not None:
+            log.error("session %s: refusing commands: %s", self.session.id, failed.message)
+            plan = self._refuse_plan(plan, _error_bytes(failed))
+        if not self.upstream.closed:
+            self._apply(plan)
+        self._holding = False
+        held, self._held = self._held, []
+        for i, chunk in enumerate(held):
+            self._from_client(chunk)
+            if self._holding:
+                # That chunk is held in turn: the rest waits behind it, in order.
+                self._held = held[i + 1 :] + self._held
+                break
+        self.client.resume_reading()
+
+    def _plan(self, buf: bytes | bytearray, spans: list[tuple[int, int]]) -> _Plan:
+        plan = _Plan()
+        out = plan.out
+        mv = memoryview(buf)
+        run_start = spans[0][0]
+        now = time.perf_counter()
+        for off, end in spans:
+            t = buf[off]
+            if self._skip_error:
+                # An earlier message of this extended-protocol batch was refused: like
+                # PostgreSQL, skip everything up to Sync, which is answered with the error.
+                if off > run_start:
+                    out.append((mv[run_start:off], None))
+                run_start = end
+                if t == _S:
+                    out.append((m.SYNC, _Op(_S, local=self._skip_error)))
+                    self._skip_error = b""
+                continue
+            if t == _Q or t == _E:
+                if off > run_start:
+                    out.append((mv[run_start:off], None))
+                run_start = end
+                payload = bytes(buf[off + 5 : end])
+                if t == _Q:
+                    text, params = m.parse_query(payload), None
+                else:
+                    portal = m.parse_execute(payload)[0]
+                    text, params = self._portals.get(portal, ("", None))
+                    text = text or f"-- execute of unknown portal '{portal}'"
+                op = _Op(t, started=now)
+                adm = self._admit(text, params, op)
+                if isinstance(adm, Admission):
+                    plan.admissions.append(adm)
+                    out.append((mv[off:end], op))
+                elif t == _Q:
+                    out.append((b"", _Op(_L, local=adm)))
+                else:
+                    self._skip_error = adm
+                continue
+            if t == _P:
+                parsed = m.parse_parse(bytes(buf[off + 5 : end]))
+                self._statements[parsed.statement] = parsed.query
+            elif t == _B:
+                bind = m.parse_bind(bytes(buf[off + 5 : end]))
+                params = m.bind_param_texts(bind) if self._record_params else None
+                self._portals[bind.portal] = (self._statements.get(bind.statement, ""), params)
+            elif t == _C:
+                kind, name = m.parse_close_or_describe(bytes(buf[off + 5 : end]))
+                if kind == b"S":
+                    self._statements.pop(name, None)
+                else:
+                    self._portals.pop(name, None)
+            elif t == _X:
+                self._terminated = True
+            elif t not in _FRONTEND_TYPES:
+                raise m.ProtocolViolation(f"unexpected frontend message type {chr(t)!r}")
+            if t in _TRACKED:
+                out.append((mv[run_start:end], _Op(t, started=now)))
+                run_start = end
+        last_end = spans[-1][1]
+        if last_end > run_start:
+            out.append((mv[run_start:last_end], None))
+        return plan
+
+    def _admit(
+        self, text: str, params: tuple[str | None, ...] | None, op: _Op
+    ) -> Admission | bytes:
+        """Admit a command, or return the ErrorResponse that refuses it."""
+        self._seq += 1
+        op.seq = self._seq
+        try:
+            return self.gate.admit(self.session, self._seq, text, params)
+        except LockgateError as exc:
+            return _error_bytes(exc)
+
+    def _refuse_plan(self, plan: _Plan, error: bytes) -> _Plan:
+        """Rewrite a plan whose commands could not be recorded: none of them may run."""
+        refused = _Plan()
+        skipping = False
+        for data, op in plan.out:
+            if op is None:
+                if not skipping:
+                    refused.out.append((data, None))
+            elif op.kind == _Q:
+                refused.out.append((b"", _Op(_L, local=error)))
+            elif op.kind == _E:
+                skipping = True
+            elif op.kind == _S and skipping:
+                skipping = False
+                refused.out.append((m.SYNC, _Op(_S, local=error)))
+            elif not skipping:
+                refused.out.append((data, op))
+        if skipping:
+            self._skip_error = error
+        return refused
+
+    def _apply(self, plan: _Plan) -> None:
+        """Write the planned bytes upstream (one write) and queue what answers are due."""
+        chunks: list[bytes | memoryview] = []
+        pending = self._pending
+        for data, op in plan.out:
+            if data:
+                chunks.append(data)
+            if op is None:
+                continue
+            if op.kind == _L and not pending:
+                self.client.write(op.local + m.ready_for_query(self._tx_status))
+                continue
+            pending.append(op)
+        if chunks:
+            self.upstream.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
+    # ================================================================ upstream → client
+    def _from_upstream(self, data: bytes) -> None:
+        if self._ubuf:
+            self._ubuf += data
+            buf: bytes | bytearray = self._ubuf
+        else:
+            buf = data
+        try:
+            spans, consumed = m.split_messages(buf)
+        except m.ProtocolViolation as exc:
+            log.error("session %s: upstream sent invalid data: %s", self.session.id, exc)
+            self._fail("the upstream server sent invalid data")
+            return
+        self._ubuf = bytearray(buf[consumed:]) if consumed < len(buf) else bytearray()
+        if not spans:
+            return
+        pending = self._pending
+        write = self.client.write
+        flushed = 0
+        for off, end in spans:
+            if not pending:
+                continue
+            t = buf[off]
+            head = pending[0]
+            if t == _D:
+                continue
+            if t == _Z:
+                status = bytes(buf[off + 5 : off + 6])
+                self._tx_status = status
+                op = pending.popleft()
+                if op.kind == _S and op.local:
+                    # A refused batch: our error and Ready go out instead of upstream's Ready.
+                    if off > flushed:
+                        write(buf[flushed:off])
+                    write(op.local + m.ready_for_query(status))
+                    flushed = end
+                else:
+                    self._finish(op, end - off)
+                if pending and pending[0].kind == _L:
+                    if end > flushed:
+                        write(buf[flushed:end])
+                    flushed = end
+                    while pending and pending[0].kind == _L:
+                        write(pending.popleft().local + m.ready_for_query(status))
+            elif t == _C:
+                tag = m.read_cstring(bytes(buf[off + 5 : end]), 0)[0]
+                rows = m.command_tag_rows(tag)
+                if head.kind == _E:
+                    head.status, head.rows = tag, rows
+                    self._finish(pending.popleft(), end - off)
+                elif head.kind == _Q:
+                    head.status = tag
+                    if rows is not None:
+                        head.rows = (head.rows or 0) + rows
+            elif t == _ONE or t == _TWO or t == _THREE or t == _NODATA:
+                if head.kind in _STEPS:
+                    pending.popleft()
+            elif t == _T:
+                if head.kind == _D:
+                    pending.popleft()
+            elif t == _SUSPENDED or t == _I:
+                if head.kind == _E:
+                    head.status = "suspended" if t == _SUSPENDED else "empty"
+                    self._finish(pending.popleft(), end - off)
+                elif head.kind == _Q and t == _I:
+                    head.status = "empty"
+            elif t == _E:
+                fields = m.parse_error_fields(bytes(buf[off + 5 : end]))
+                head.error_code = fields.get("C")
+                head.error_message = fields.get("M")
+                if head.kind not in (_Q, _S, _F):
+                    # Extended protocol: the server skips everything up to the next Sync.
+                    while pending and pending[0].kind != _S:
+                        op = pending.popleft()
+                        if op.kind == _E and op is not head:
+                            op.status = "skipped after an earlier error"
+                        self._finish(op, end - off if op is head else 0)
+        if consumed > flushed:
+            write(buf[flushed:consumed] if flushed or consumed < len(buf) else buf)
+
+    def _finish(self, op: _Op, size: int) -> None:
+        if op.seq == 0 or op.done:
+            return
+        op.done = True
+        op.bytes_out += size
+        summary = ResultSummary(
+            rows=op.rows,
+            status=op.status,
+            error_code=op.error_code,
+            error_message=op.error_message,
+            bytes_out=op.bytes_out,
+            duration_ms=(time.perf_counter() - op.started) * 1000.0,
+        )
+        self.gate.command_finished(self.session, op.seq, summary)
+
+    # ================================================================ failure
+    def _fail(self, reason: str, *, to_client: bool = True) -> None:
+        log.warning("session %s: closing: %s", self.session.id, reason)
+        if to_client:
+            self.client.write(
+                m.error_response(sqlstate.PROTOCOL_VIOLATION, reason, severity="FATAL")
+            )
+        self._on_finished(reason)
+
+    def finish_all(self, reason: str) -> None:
+        """Record every command still in flight as ended by `reason`."""
+        while self._pending:
+            op = self._pending.popleft()
+            if op.seq and not op.done:
+                op.error_message = op.error_message or reason
+                self._finish(op, 0)
+
+
+def _error_bytes(exc: LockgateError) -> bytes:
+    from lockgate.proxy.pg_errors import error_for
+
+    code, message, hint = error_for(exc)
+    return m.error_response(code, message, hint=hint)

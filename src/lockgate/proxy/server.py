@@ -1,0 +1,199 @@
+"""Listeners and worker processes: accept connections and hand them to protocol engines.
+
+One process runs one asyncio loop (uvloop when installed). With `workers: N` the parent
+forks N workers that each bind the listener with SO_REUSEPORT, so the kernel spreads
+connections over all cores. A CancelRequest may land on any worker: the process id in
+every cancel key names the worker that owns the session, and workers forward cancels to
+each other over small unix sockets in the state folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import struct
+import sys
+from pathlib import Path
+
+from lockgate.config.model import Manifest
+from lockgate.gate import Gate
+from lockgate.proxy.endpoint import Endpoint
+from lockgate.proxy.postgres import CancelRegistry, PostgresEngine
+from lockgate.proxy.tls import listener_context
+from lockgate.tasks import running, spawn
+
+log = logging.getLogger("lockgate.server")
+
+
+class _Accepted(Endpoint):
+    def __init__(self, engine: PostgresEngine) -> None:
+        super().__init__()
+        self._engine = engine
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        spawn(self._engine.handle(self), name="pg-session")
+
+
+class Gateway:
+    """All listeners of one manifest, served by this process."""
+
+    def __init__(self, manifest: Manifest, *, worker_index: int = 0, reuse_port: bool = False) -> None:
+        self.manifest = manifest
+        self.worker_index = worker_index
+        self.reuse_port = reuse_port
+        self.gate: Gate | None = None
+        self.engines: list[PostgresEngine] = []
+        self._servers: list[asyncio.Server] = []
+        self._cancel_server: asyncio.Server | None = None
+        self.cancels = CancelRegistry(key_prefix=worker_index)
+
+    @property
+    def bound_addresses(self) -> list[tuple[str, int]]:
+        out: list[tuple[str, int]] = []
+        for s in self._servers:
+            for sock in s.sockets:
+                host, port = sock.getsockname()[:2]
+                out.append((host, port))
+        return out
+
+    def _cancel_socket(self, index: int) -> Path:
+        return self.manifest.state_dir / "run" / f"cancel-{index}.sock"
+
+    async def start(self) -> None:
+        """Open the state store and bind every listener."""
+        loop = asyncio.get_running_loop()
+        self.gate = Gate.from_manifest(self.manifest)
+        await self.gate.start()
+        for listener in self.manifest.listeners:
+            ctx = listener_context(listener, self.manifest)
+            engine = PostgresEngine(self.gate, listener, ctx, self.cancels, self._forward_cancel)
+            self.engines.append(engine)
+            server = await loop.create_server(
+                lambda engine=engine: _Accepted(engine),  # type: ignore[misc]
+                listener.host,
+                listener.port,
+                reuse_port=self.reuse_port or None,
+                backlog=1024,
+            )
+            self._servers.append(server)
+        if self.reuse_port:
+            path = self._cancel_socket(self.worker_index)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.unlink(missing_ok=True)
+            self._cancel_server = await asyncio.start_unix_server(self._on_forwarded_cancel, str(path))
+
+    def _forward_cancel(self, pid: int, key: int) -> None:
+        index = pid >> 22
+        if not self.reuse_port or index == self.worker_index:
+            return
+        spawn(self._send_forwarded_cancel(index, pid, key), name="cancel-forward")
+
+    async def _send_forwarded_cancel(self, index: int, pid: int, key: int) -> None:
+        try:
+            _, writer = await asyncio.open_unix_connection(str(self._cancel_socket(index)))
+            writer.write(struct.pack("!ii", pid, key))
+            await writer.drain()
+            writer.close()
+        except OSError as exc:
+            log.warning("could not forward a cancel request to worker %d: %s", index, exc)
+
+    async def _on_forwarded_cancel(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            data = await reader.readexactly(8)
+            pid, key = struct.unpack("!ii", data)
+            await self.cancels.cancel(pid, key)
+        except (asyncio.IncompleteReadError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def stop(self) -> None:
+        """Stop accepting, end live sessions (clients get a shutdown error), flush the audit."""
+        for s in self._servers:
+            s.close()
+        if self._cancel_server is not None:
+            self._cancel_server.close()
+        tasks = running("pg-session")
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+        if self.gate is not None:
+            await self.gate.close()
+        if self.reuse_port:
+            self._cancel_socket(self.worker_index).unlink(missing_ok=True)
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop when available (it is markedly faster for relaying), else asyncio's loop."""
+    try:
+        import uvloop
+
+        return uvloop.new_event_loop()
+    except ImportError:
+        return asyncio.new_event_loop()
+
+
+async def _serve_until_signalled(gateway: Gateway, announce: bool) -> None:
+    await gateway.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if announce:
+        for host, port in gateway.bound_addresses:
+            print(f"lockgate: listening on {host}:{port} (postgres)", file=sys.stderr, flush=True)
+    await stop.wait()
+    await gateway.stop()
+
+
+def run_worker(manifest: Manifest, index: int, reuse_port: bool, announce: bool) -> None:
+    loop = new_event_loop()
+    try:
+        loop.run_until_complete(
+            _serve_until_signalled(Gateway(manifest, worker_index=index, reuse_port=reuse_port), announce)
+        )
+    finally:
+        loop.close()
+
+
+def run_gateway(manifest: Manifest, workers: int | None = None) -> int:
+    """Serve until SIGINT/SIGTERM with `workers` processes (default: the listeners' setting)."""
+    n = workers if workers is not None else max(listener.workers for listener in manifest.listeners)
+    if n == 0:
+        n = os.cpu_count() or 1
+    if n <= 1:
+        run_worker(manifest, 0, reuse_port=False, announce=True)
+        return 0
+    children: list[int] = []
+    for index in range(n):
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                run_worker(manifest, index, reuse_port=True, announce=index == 0)
+            except BaseException:
+                log.exception("worker %d crashed", index)
+                code = 1
+            finally:
+                os._exit(code)
+        children.append(pid)
+    print(f"lockgate: {n} worker processes", file=sys.stderr, flush=True)
+
+    def forward(sig: int, _frame: object) -> None:
+        for child in children:
+            try:
+                os.kill(child, sig)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    status = 0
+    for child in children:
+        _, code = os.waitpid(child, 0)
+        status = status or os.waitstatus_to_exitcode(code)
+    return status
