@@ -49,7 +49,7 @@ class Problem:
     message: str
     # Set when the line is known directly; otherwise it is found from `loc`.
     line: int | None = None
-    # Another place the message refers to; its line is appended as "(line N)".
+    # Another place the message refers to; its line is appended as "(see line N)".
     see: Loc | None = None
 
 
@@ -384,19 +384,23 @@ def _listener_addresses(listeners: Sequence[tuple[int, Listener]]) -> list[Probl
         for j, other in listeners[:n]:
             if other.port != lst.port:
                 continue
-            same = other.host == lst.host
-            overlap = lst.host in _WILDCARD_HOSTS or other.host in _WILDCARD_HOSTS
-            if same or overlap:
-                how = "the same address as" if same else "an address overlapping"
-                out.append(
-                    Problem(
-                        ("listeners", i, "address"),
-                        f"{lst.address!r} is {how} {other.address!r}, expected each listener "
-                        f"on its own port; {other.address!r} is listeners[{j}]",
-                        see=("listeners", j, "address"),
-                    )
+            if other.host == lst.host:
+                msg = f"{lst.address!r} is already used by listeners[{j}]"
+            elif lst.host in _WILDCARD_HOSTS or other.host in _WILDCARD_HOSTS:
+                msg = (
+                    f"{lst.address!r} overlaps {other.address!r} of listeners[{j}] "
+                    "(a wildcard host takes the port on every address)"
                 )
-                break
+            else:
+                continue
+            out.append(
+                Problem(
+                    ("listeners", i, "address"),
+                    msg + ", expected each listener on its own port",
+                    see=("listeners", j, "address"),
+                )
+            )
+            break
     return out
 
 
@@ -421,7 +425,7 @@ def _render(problems: list[Problem], root: yaml.Node, source_name: str) -> str:
         line = p.line if p.line is not None else _find_line(root, p.loc)
         message = p.message
         if p.see is not None:
-            message += f" (line {_find_line(root, p.see)})"
+            message += f" (see line {_find_line(root, p.see)})"
         lines.append((line, n, f"{source_name}:{line}: {format_loc(p.loc)}: {message}"))
     lines.sort()
     seen: set[str] = set()
