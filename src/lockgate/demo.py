@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from lockgate.config.model import Manifest
+from lockgate.model import PrincipalKind
 
 DEMO_ROWS = 500
 FAKER_SEED = 6432
@@ -362,7 +363,7 @@ def issue_demo_token(manifest: Manifest) -> DemoToken:
     engine = open_engine(manifest.state_url)
     try:
         issued = GatewayTokenAuthority(manifest, engine).issue(
-            SUBJECT, [GROUP], ttl_seconds=TOKEN_TTL_SECONDS
+            SUBJECT, [GROUP], ttl_seconds=TOKEN_TTL_SECONDS, kind=PrincipalKind.HUMAN
         )
     finally:
         engine.dispose()

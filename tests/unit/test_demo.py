@@ -7,6 +7,7 @@ import shutil
 import socket
 import tempfile
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -126,9 +127,9 @@ def test_manifest_points_at_the_embedded_server(
 
 
 def test_manifest_loads_with_the_loader(scratch: Path, embedded: demo.EmbeddedPostgres) -> None:
-    loader = pytest.importorskip("lockgate.config.loader")
-    path = demo.write_manifest(scratch / "demo", embedded, 6543)
-    manifest = loader.load_manifest(path)
+    from lockgate.config.loader import load_manifest
+
+    manifest = load_manifest(demo.write_manifest(scratch / "demo", embedded, 6543))
     assert manifest.resource("demo") is not None
     assert manifest.state_url == "sqlite:///" + str(
         (scratch / "demo" / "state/lockgate.db").resolve()
@@ -140,3 +141,25 @@ def test_psql_lines_have_the_documented_form() -> None:
         'psql "host=127.0.0.1 port=6432 dbname=demo user=analyst password=TOK sslmode=require"'
     )
     assert demo.pgpassword_line("127.0.0.1", 6432, "TOK").startswith("PGPASSWORD=TOK psql ")
+
+
+async def test_demo_token_verifies_as_analyst(
+    scratch: Path, embedded: demo.EmbeddedPostgres
+) -> None:
+    from lockgate.config.loader import load_manifest
+    from lockgate.identity.tokens import GatewayTokenAuthority
+    from lockgate.identity.verifier import GatewayTokenVerifier
+    from lockgate.store import open_engine
+
+    manifest = load_manifest(demo.write_manifest(scratch / "demo", embedded, 6543))
+    issued = demo.issue_demo_token(manifest)
+    assert issued.expires_at is not None
+    engine = open_engine(manifest.state_url)
+    try:
+        verifier = GatewayTokenVerifier(GatewayTokenAuthority(manifest, engine))
+        principal = await verifier.verify(issued.token)
+    finally:
+        engine.dispose()
+    assert principal.subject == "analyst" and principal.groups == frozenset({"analysts"})
+    lifetime = issued.expires_at - datetime.now(UTC)
+    assert timedelta(hours=7, minutes=55) < lifetime <= timedelta(hours=8)
