@@ -66,6 +66,10 @@ def _count(n: int, noun: str) -> str:
 def warnings(manifest: Manifest) -> list[str]:
     """Valid but risky or surprising settings, each with what to do about it."""
     out: list[str] = []
+    if not manifest.listeners:
+        out.append("no listeners: clients have nowhere to connect; add one under listeners:")
+    if not manifest.resources:
+        out.append("no resources: there is nothing to reach; add one under resources:")
     for i, lst in enumerate(manifest.listeners):
         where = f"listeners[{i}] ({lst.name}, {lst.address})"
         if not lst.tls.enabled:

@@ -31,6 +31,9 @@ M = TypeVar("M", bound=BaseModel)
 # Keys whose values must never be echoed in an error (they may hold a pasted secret).
 _SENSITIVE = ("password", "secret", "token")
 
+# Manifest fields that the loader sets and the YAML may not.
+_LOADER_ONLY = tuple(name for name, f in Manifest.model_fields.items() if f.exclude)
+
 # Sections whose entries are named, and what such a name is called in messages.
 _NAMED_SECTIONS = {
     "listeners": "listener name",
@@ -92,6 +95,12 @@ def load_manifest_text(text: str, source_name: str = "<manifest>") -> Manifest:
         )
 
     problems = list(_duplicate_keys(root))
+    for key in _LOADER_ONLY:
+        if key in data:
+            # The model holds it, but only the loader may set it.
+            data = {k: v for k, v in data.items() if k != key}
+            allowed = ", ".join(_allowed_keys(()))
+            problems.append(Problem((key,), f"unknown key (allowed keys: {allowed})"))
     manifest: Manifest | None = None
     try:
         manifest = Manifest.model_validate(data)

@@ -224,6 +224,11 @@ def test_wrong_container_type() -> None:
     assert errors_of("state: [a]\n") == ["m.yaml:1: state: expected a mapping of keys, got a list"]
 
 
+def test_base_dir_cannot_be_set_from_yaml() -> None:
+    [line] = errors_of(VALID + "base_dir: /etc\n")
+    assert line.startswith("m.yaml:16: base_dir: unknown key (allowed keys: version, state,")
+
+
 def test_unreadable_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read the manifest"):
         load_manifest(tmp_path / "missing.yaml")
