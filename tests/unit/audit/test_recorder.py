@@ -1,4 +1,4 @@
-"""The write-ahead recorder on real SQLite files: group commit, durability, fail closed, recovery."""
+"""The write-ahead recorder on real SQLite files: group commit, fail closed, recovery."""
 
 from __future__ import annotations
 
@@ -38,6 +38,15 @@ async def eventually(condition: Any) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("condition never held")
+
+
+def remove_store(db_path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+
+
+def store_exists(db_path: Path) -> bool:
+    return db_path.exists()
 
 
 DONE = ResultSummary(rows=3, status="SELECT 3", bytes_out=512, duration_ms=1.5)
@@ -237,12 +246,11 @@ async def test_removed_file_fails_closed_then_recovers(
     with other.connect() as conn:  # a consistent copy, as an operator's backup would be
         conn.exec_driver_sql(f"VACUUM INTO '{backup}'")
     other.dispose()
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+    remove_store(db_path)
 
     with pytest.raises(AuditUnavailable, match="the database file is missing"):
         await recorder.command_started(make_command())
-    assert not db_path.exists()  # the recorder did not create an empty store in its place
+    assert not store_exists(db_path)  # the recorder did not create an empty store in its place
 
     shutil.copy(backup, db_path)  # the operator restores the store
     await recorder.command_started(make_command())
