@@ -1,11 +1,18 @@
-"""The `lockgate demo` steps, one by one, against a real embedded PostgreSQL."""
+"""`lockgate demo`: its steps one by one against a real embedded PostgreSQL, then the whole
+command as a subprocess driven with psql, the audit CLI and Ctrl-C."""
 
 from __future__ import annotations
 
+import queue
 import re
+import shlex
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -163,3 +170,100 @@ async def test_demo_token_verifies_as_analyst(
     assert principal.subject == "analyst" and principal.groups == frozenset({"analysts"})
     lifetime = issued.expires_at - datetime.now(UTC)
     assert timedelta(hours=7, minutes=55) < lifetime <= timedelta(hours=8)
+
+
+# --- the whole command ---------------------------------------------------------------
+
+LOCKGATE = str(Path(sys.executable).parent / "lockgate")
+PSQL_LINE = re.compile(
+    r'^\s*(psql "host=127\.0\.0\.1 port=(\d+) dbname=demo user=analyst '
+    r'password=(\S+) sslmode=require")\s*$'
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _lines(stream: object, into: queue.Queue[str | None]) -> None:
+    for line in stream:  # type: ignore[attr-defined]
+        into.put(line)
+    into.put(None)
+
+
+@pytest.mark.skipif(shutil.which("psql") is None, reason="needs the psql client")
+def test_demo_end_to_end(scratch: Path) -> None:
+    """`lockgate demo` as a user runs it: paste the psql line, audit, Ctrl-C."""
+    workdir = scratch
+    port = _free_port()
+    proc = subprocess.Popen(
+        [LOCKGATE, "demo", "--dir", "tmp", "--port", str(port)],
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: queue.Queue[str | None] = queue.Queue()
+    threading.Thread(target=_lines, args=(proc.stdout, lines), daemon=True).start()
+    seen: list[str] = []
+    try:
+        command = None
+        while command is None:
+            line = lines.get(timeout=180)
+            assert line is not None, "demo exited early:\n" + "".join(seen)
+            seen.append(line)
+            m = PSQL_LINE.match(line)
+            if m:
+                command = m.group(1)
+                assert int(m.group(2)) == port
+        assert "lockgate audit sessions -c tmp/lockgate.yaml" in "".join(
+            _drain_until(lines, seen, "Press Ctrl-C")
+        )
+
+        done = subprocess.run(
+            [*shlex.split(command), "-X", "-A", "-t", "-c", "select count(*) from customers"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "500"
+
+        audit = subprocess.run(
+            [LOCKGATE, "audit", "sessions", "-c", "tmp/lockgate.yaml"],
+            cwd=workdir,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert audit.returncode == 0, audit.stderr
+        assert "analyst" in audit.stdout and "demo" in audit.stdout
+        assert (workdir / "tmp" / "pgdata" / "postmaster.pid").exists()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            code = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    rest = "".join(_drain_until(lines, seen, None))
+    assert code == 0, "".join(seen)
+    assert "Gateway stopped." in rest and "Embedded PostgreSQL stopped." in rest
+    assert not (workdir / "tmp" / "pgdata" / "postmaster.pid").exists()
+
+
+def _drain_until(lines: queue.Queue[str | None], seen: list[str], marker: str | None) -> list[str]:
+    """Read output lines until one contains `marker` (or the end, for None); return them."""
+    got: list[str] = []
+    while True:
+        line = lines.get(timeout=60)
+        if line is None:
+            return got
+        got.append(line)
+        seen.append(line)
+        if marker is not None and marker in line:
+            return got
