@@ -707,10 +707,10 @@ def _reason(exc: BaseException) -> str:
         if "no such table" in str(exc):
             return "its tables are missing"
         return "the write failed"
-    kind = type(exc).__name__
-    if kind == "IntegrityError":
+    kinds = {cls.__name__ for cls in type(exc).__mro__}  # DBAPI classes, any driver
+    if "IntegrityError" in kinds:
         return _SQLITE_REASONS["SQLITE_CONSTRAINT"]
-    if kind == "OperationalError":
+    if "OperationalError" in kinds:
         return "the database cannot be reached"
     return "the write failed"
 
