@@ -184,7 +184,10 @@ def _show_command(c: dict[str, Any], live: bool) -> None:
     if c["kind"]:
         parts.append(c["kind"])
     if c["finished_at"] is None:
-        parts.append("running" if live else "no result recorded")
+        if c["decision"] != "allow":
+            parts.append("not forwarded")
+        else:
+            parts.append("running" if live else "no result recorded")
     else:
         if c["rows"] is not None:
             parts.append(f"{c['rows']} row" + ("" if c["rows"] == 1 else "s"))
@@ -197,7 +200,9 @@ def _show_command(c: dict[str, Any], live: bool) -> None:
     for line in c["text"].splitlines() or [""]:
         click.echo(f"      {line}")
     if c["params"]:
-        shown = ", ".join("NULL" if p is None else repr(p) for p in c["params"])
+        shown = ", ".join(
+            f"${i}=" + ("NULL" if p is None else repr(p)) for i, p in enumerate(c["params"], 1)
+        )
         click.echo(f"      params: {shown}")
 
 
