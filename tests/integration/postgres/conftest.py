@@ -1,0 +1,161 @@
+"""A real gateway (`lockgate serve` in a subprocess) in front of the real PostgreSQL server.
+
+`gateway` is shared by a test module: one database created for it, one resource `itdb`
+that group `it` may reach. Tests that need other manifests call `gateway_factory`.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import yaml
+
+from tests.conftest import free_port
+
+REPO = Path(__file__).resolve().parents[3]
+LOCKGATE = [sys.executable, "-m", "lockgate.cli"]
+
+
+@dataclass
+class RunningGateway:
+    dir: Path
+    manifest_path: Path
+    port: int
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    resources: list[str] = field(default_factory=list)
+
+    def cli(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run a `lockgate` command against this gateway's manifest."""
+        return subprocess.run(
+            [*LOCKGATE, *args, "-c", str(self.manifest_path)],
+            capture_output=True,
+            text=True,
+            input=input,
+            check=check,
+            timeout=60,
+        )
+
+    def token(self, subject: str = "alice", groups: tuple[str, ...] = ("it",), ttl: str = "1h", *extra: str) -> str:
+        args = ["token", "issue", "--subject", subject, "--ttl", ttl]
+        for g in groups:
+            args += ["--group", g]
+        return self.cli(*args, *extra).stdout.strip()
+
+    def dsn(self, token: str, dbname: str = "itdb", user: str = "alice", sslmode: str = "require") -> str:
+        return f"host=127.0.0.1 port={self.port} dbname={dbname} user={user} password={token} sslmode={sslmode}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+
+def start_gateway(directory: Path, manifest: dict[str, Any], *, timeout: float = 30.0) -> RunningGateway:
+    """Write `manifest` to `directory/lockgate.yaml` and start `lockgate serve` on it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "lockgate.yaml"
+    path.write_text(yaml.safe_dump(manifest, sort_keys=False))
+    port = int(manifest["listeners"][0]["address"].rpartition(":")[2])
+    log_path = directory / "gateway.log"
+    log_file = log_path.open("wb")
+    proc = subprocess.Popen(
+        [*LOCKGATE, "serve", "-c", str(path)],
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        cwd=directory,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    gw = RunningGateway(directory, path, port, proc, log_path, [r["name"] for r in manifest.get("resources", [])])
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gateway exited early:\n{gw.log()}")
+        if "listening on" in gw.log():
+            return gw
+        time.sleep(0.05)
+    gw.stop()
+    raise RuntimeError(f"gateway did not start in {timeout}s:\n{gw.log()}")
+
+
+def base_manifest(port: int, resources: list[dict[str, Any]], access: list[dict[str, Any]] | None = None, *, tls: bool = True) -> dict[str, Any]:
+    listener: dict[str, Any] = {"name": "pg", "address": f"127.0.0.1:{port}"}
+    if not tls:
+        listener["tls"] = {"enabled": False}
+    return {
+        "version": 1,
+        "state": {"url": "sqlite:///state/lockgate.db", "dir": "state"},
+        "listeners": [listener],
+        "resources": resources,
+        "access": access
+        if access is not None
+        else [{"name": "it-group", "resources": [r["name"] for r in resources], "groups": ["it"]}],
+    }
+
+
+def local_resource(name: str, database: str, host: str, port: int, user: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "upstream": {"host": host, "port": port, "database": database, "user": user, "tls": {"mode": "disable"}},
+    }
+
+
+@pytest.fixture(scope="module")
+def it_database(pg_server: tuple[str, int, str]) -> Iterator[str]:
+    """A fresh database on the real server for one test module; dropped afterwards."""
+    host, port, user = pg_server
+    name = f"lockgate_it_{secrets.token_hex(4)}"
+    with psycopg.connect(host=host, port=port, user=user, dbname="postgres", autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{name}"')
+    yield name
+    with psycopg.connect(host=host, port=port, user=user, dbname="postgres", autocommit=True) as c:
+        c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory, pg_server: tuple[str, int, str], it_database: str) -> Iterator[RunningGateway]:
+    host, port, user = pg_server
+    manifest = base_manifest(free_port(), [local_resource("itdb", it_database, host, port, user)])
+    gw = start_gateway(tmp_path_factory.mktemp("gateway"), manifest)
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture
+def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., RunningGateway]]:
+    started: list[RunningGateway] = []
+
+    def make(manifest: dict[str, Any], name: str = "gw") -> RunningGateway:
+        gw = start_gateway(tmp_path / name, manifest)
+        started.append(gw)
+        return gw
+
+    yield make
+    for gw in started:
+        gw.stop()
+
+
+@pytest.fixture(scope="module")
+def token(gateway: RunningGateway) -> str:
+    return gateway.token()
+
+
+__all__ = ["RunningGateway", "base_manifest", "local_resource", "start_gateway", "textwrap"]
