@@ -205,7 +205,7 @@ class AuditRecorder:
         self._threaded = engine.dialect.name != "sqlite"
         db = engine.url.database or ""
         self._sqlite_path = (
-            db
+            os.path.abspath(db)
             if not self._threaded and db and db != ":memory:" and not db.startswith("file:")
             else None
         )
