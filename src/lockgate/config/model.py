@@ -39,6 +39,8 @@ class Listener(_Strict):
     tls: TLSListener = TLSListener()
     # Worker processes sharing the listening socket; 0 means one per CPU core.
     workers: int = Field(default=1, ge=0, le=256)
+    # How long a client may take from connecting to sending its password (e.g. 30s).
+    startup_timeout: str = "30s"
 
     @field_validator("address")
     @classmethod
@@ -47,6 +49,17 @@ class Listener(_Strict):
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError(f"expected HOST:PORT such as 127.0.0.1:6432, got {v!r}")
         return v
+
+    @field_validator("startup_timeout")
+    @classmethod
+    def _startup_timeout(cls, v: str) -> str:
+        if parse_duration(v) < 1:
+            raise ValueError("must be at least 1s")
+        return v
+
+    @property
+    def startup_timeout_seconds(self) -> float:
+        return float(parse_duration(self.startup_timeout))
 
     @property
     def host(self) -> str:

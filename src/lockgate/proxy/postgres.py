@@ -34,6 +34,7 @@ from lockgate.proxy.pg_upstream import UpstreamTarget, connect_upstream, upstrea
 
 log = logging.getLogger("lockgate.postgres")
 
+# Default startup deadline; each listener sets its own (`startup_timeout`).
 STARTUP_TIMEOUT = 30.0
 SERVER_VERSION_FALLBACK = "16.0"
 
@@ -118,7 +119,7 @@ class PostgresEngine:
         """Serve one client connection from its first byte to its last."""
         info = ClientInfo(address=client.peer_address(), protocol="postgres")
         try:
-            async with asyncio.timeout(STARTUP_TIMEOUT):
+            async with asyncio.timeout(self.listener.startup_timeout_seconds):
                 startup = await self._startup(client)
                 if startup is None:
                     return
