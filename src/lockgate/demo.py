@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from lockgate.config.model import Manifest
+from lockgate.errors import LockgateError
 from lockgate.model import PrincipalKind
 
 DEMO_ROWS = 500
@@ -43,6 +44,10 @@ Echo = Callable[[str], None]
 
 def _quiet(_: str) -> None:
     pass
+
+
+class DemoError(LockgateError):
+    """A demo step failed; `message` and `hint` say which and what to do."""
 
 
 # --- the embedded PostgreSQL --------------------------------------------------------------
@@ -87,7 +92,10 @@ class EmbeddedPostgres:
         ]
         done = subprocess.run(cmd, input=sql, capture_output=True, text=True, check=False)
         if done.returncode != 0:
-            raise RuntimeError(f"embedded PostgreSQL refused SQL: {done.stderr.strip()}")
+            raise DemoError(
+                f"the embedded PostgreSQL refused the demo's SQL: {done.stderr.strip()}",
+                hint=f"see {self.pgdata / 'log'}; delete {self.pgdata} to start afresh",
+            )
         return done.stdout
 
     def is_running(self) -> bool:
@@ -125,10 +133,16 @@ def start_embedded_postgres(pgdata: Path, echo: Echo = _quiet) -> EmbeddedPostgr
         # cleanup_mode=None: we stop the server ourselves, also when an earlier demo crashed
         # and left a stale handle behind (pgserver would then never stop it).
         pgdata.mkdir(exist_ok=True)
-        server = PostgresServer(pgdata, cleanup_mode=None)
+        try:
+            server = PostgresServer(pgdata, cleanup_mode=None)
+        except (subprocess.SubprocessError, OSError, AssertionError) as exc:
+            raise DemoError(
+                f"the embedded PostgreSQL did not start ({type(exc).__name__})",
+                hint=f"see {pgdata / 'log'}; delete {pgdata} to start afresh",
+            ) from exc
     info = server.get_postmaster_info()
     if info.socket_dir is None or info.port is None:
-        raise RuntimeError("the embedded PostgreSQL reported no unix socket")
+        raise DemoError("the embedded PostgreSQL reported no unix socket")
     version = (pgdata / "PG_VERSION").read_text().strip()
     return EmbeddedPostgres(
         pgdata=pgdata,
@@ -291,7 +305,9 @@ def choose_port(wanted: int, host: str = LISTEN_HOST, attempts: int = 100) -> in
     for port in range(wanted, min(wanted + attempts, 65536)):
         if port_is_free(host, port):
             return port
-    raise RuntimeError(f"no free port in {wanted}..{wanted + attempts - 1} on {host}")
+    raise DemoError(
+        f"no free port in {wanted}..{wanted + attempts - 1} on {host}", hint="pass --port N"
+    )
 
 
 def manifest_data(pg: EmbeddedPostgres, port: int) -> dict[str, Any]:
@@ -413,7 +429,15 @@ async def serve_until_signalled(
         loop.add_signal_handler(sig, stop.set)
     try:
         gateway = Gateway(manifest)
-        await gateway.start()
+        try:
+            await gateway.start()
+        except OSError as exc:
+            await gateway.stop()
+            listener = manifest.listeners[0]
+            raise DemoError(
+                f"the gateway cannot listen on {listener.address}: {exc.strerror or exc}",
+                hint="pass another port with --port N",
+            ) from exc
         try:
             on_ready(_bound(gateway))
             await stop.wait()

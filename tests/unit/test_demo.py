@@ -53,6 +53,9 @@ def test_choose_port_skips_a_taken_port() -> None:
         chosen = demo.choose_port(taken)
         assert chosen != taken and chosen > taken
         assert demo.port_is_free("127.0.0.1", chosen)
+        with pytest.raises(demo.DemoError) as err:
+            demo.choose_port(taken, attempts=1)
+        assert "--port" in err.value.hint
 
 
 @pytest.fixture

@@ -47,8 +47,8 @@ def demo(demo_dir: Path, port: int) -> None:
             f"a part of Lockgate the demo needs is missing ({exc.name or exc})",
             "reinstall Lockgate with `bash scripts/setup`",
         )
-    except (OSError, RuntimeError) as exc:
-        fail(str(exc), f"look at {demo_dir / 'pgdata' / 'log'} if the embedded PostgreSQL failed")
+    except OSError as exc:
+        fail(f"the demo failed: {exc}", f"check that {demo_dir} is writable")
 
 
 COMMANDS: list[click.Command] = [demo]
