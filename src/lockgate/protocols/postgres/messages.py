@@ -101,13 +101,16 @@ def read_startup_packet(buf: bytes | bytearray) -> tuple[StartupPacket, int] | N
 
 
 def _parse_startup_parameters(body: bytes) -> dict[str, str]:
-    if not body.endswith(b"\x00"):
-        raise ProtocolViolation("startup packet is not null-terminated")
+    # Layout: name\0value\0 … \0, the final null alone (like PostgreSQL's check).
+    if not body.endswith(b"\x00") or (len(body) > 1 and not body.endswith(b"\x00\x00")):
+        raise ProtocolViolation("startup packet does not end with a null terminator")
     parts = body[:-1].split(b"\x00")
     if parts and parts[-1] == b"":
         parts.pop()
     if len(parts) % 2:
         raise ProtocolViolation("startup packet has a parameter name without a value")
+    if any(not name for name in parts[::2]):
+        raise ProtocolViolation("startup packet has an empty parameter name")
     try:
         texts = [p.decode("utf-8") for p in parts]
     except UnicodeDecodeError as exc:
@@ -383,7 +386,7 @@ def parse_close_or_describe(payload: bytes) -> tuple[bytes, str]:
 def command_tag_rows(tag: str) -> int | None:
     """Rows a CommandComplete tag reports (`SELECT 5`, `INSERT 0 3`, `COPY 10`), else None."""
     _, _, last = tag.rpartition(" ")
-    return int(last) if last.isdigit() else None
+    return int(last) if last.isascii() and last.isdigit() else None
 
 
 def auth_request(payload: bytes) -> tuple[int, bytes]:
