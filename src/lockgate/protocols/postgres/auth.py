@@ -65,6 +65,9 @@ class ScramClient:
         return f"{final_bare},p={base64.b64encode(proof).decode()}".encode()
 
     def verify_server_final(self, server_final: bytes) -> None:
+        if not self._server_signature:
+            # Nothing to compare with yet: an empty `v=` would otherwise match.
+            raise ProtocolViolation("upstream sent the SCRAM server-final message too early")
         text = server_final.decode("utf-8", "replace")
         if text.startswith("e="):
             raise ProtocolViolation(f"upstream SCRAM error: {text[2:]}")
