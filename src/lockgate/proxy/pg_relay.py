@@ -130,7 +130,7 @@ class PgRelay:
         except m.ProtocolViolation as exc:
             self._fail(exc.message)
             return
-        self._cbuf = bytearray(buf[consumed:]) if consumed < len(buf) else bytearray()
+        self._cbuf = _tail(self._cbuf, buf, consumed)
         if not spans:
             return
         try:
@@ -301,7 +301,7 @@ class PgRelay:
             log.error("session %s: upstream sent invalid data: %s", self.session.id, exc)
             self._fail("the upstream server sent invalid data")
             return
-        self._ubuf = bytearray(buf[consumed:]) if consumed < len(buf) else bytearray()
+        self._ubuf = _tail(self._ubuf, buf, consumed)
         if not spans:
             return
         pending = self._pending
@@ -399,6 +399,19 @@ class PgRelay:
             if op.seq and not op.done:
                 op.error_message = op.error_message or reason
                 self._finish(op, 0)
+
+
+def _tail(pending: bytearray, buf: bytes | bytearray, consumed: int) -> bytearray:
+    """The partial message left after `consumed` bytes of `buf`, to complete with the next chunk.
+
+    While one large message arrives in many chunks, `buf` is `pending` itself and nothing was
+    consumed: keep it rather than copy it again, or a 50 MB value costs quadratic copying.
+    """
+    if consumed >= len(buf):
+        return bytearray()
+    if consumed == 0 and buf is pending:
+        return pending
+    return bytearray(buf[consumed:])
 
 
 def _error_bytes(exc: LockgateError) -> bytes:
