@@ -17,7 +17,12 @@ from sqlalchemy.engine import Engine
 
 from lockgate.audit.recorder import AuditRecorder
 from lockgate.config.model import Manifest, Resource
-from lockgate.errors import AccessDenied, AuditUnavailable, LockgateError, SecretError, UnknownResource
+from lockgate.errors import (
+    AccessDenied,
+    AuditUnavailable,
+    LockgateError,
+    UnknownResource,
+)
 from lockgate.identity.tokens import GatewayTokenAuthority
 from lockgate.identity.verifier import GatewayTokenVerifier, IdentityVerifier
 from lockgate.model import (
@@ -53,7 +58,7 @@ class Admission:
 class Gate:
     """Identity, access, secrets, analysis and audit behind one small API."""
 
-    def __init__(self, manifest: Manifest, engine: Engine) -> None:
+    def __init__(self, manifest: Manifest, engine: Engine, *, ingest: bool = True) -> None:
         self.manifest = manifest
         self.engine = engine
         self.authority = GatewayTokenAuthority(manifest, engine)
@@ -61,11 +66,14 @@ class Gate:
         self.access = AccessPolicy(manifest)
         self.secrets = SecretStore.for_manifest(manifest, engine)
         self.analyzer = Analyzer()
-        self.audit = AuditRecorder(engine)
+        self.audit = AuditRecorder(
+            engine, manifest.state_dir / "journal", fsync=manifest.audit.fsync, ingest=ingest
+        )
 
     @classmethod
-    def from_manifest(cls, manifest: Manifest) -> Gate:
-        return cls(manifest, open_engine(manifest.state_url))
+    def from_manifest(cls, manifest: Manifest, *, ingest: bool = True) -> Gate:
+        """A gate on the manifest's store; `ingest=False` when another process ingests."""
+        return cls(manifest, open_engine(manifest.state_url), ingest=ingest)
 
     async def start(self) -> None:
         await self.audit.start()

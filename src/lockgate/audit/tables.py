@@ -135,3 +135,12 @@ refusals = Table(
 Index("ix_refusals_at", refusals.c.at)
 Index("ix_refusals_subject", refusals.c.subject, refusals.c.at)
 Index("ix_refusals_resource", refusals.c.resource, refusals.c.at)
+
+# How far each audit journal file has been copied into this store; written in the same
+# transaction as the records, so a crash neither loses nor duplicates any.
+journal_positions = Table(
+    "audit_journal_positions",
+    metadata,
+    Column("journal", String(255), primary_key=True),
+    Column("position", BigInteger, nullable=False),
+)

@@ -32,7 +32,8 @@ def _store_option(f: Any) -> Any:
 def _engine(config_path: Path, store_url: str | None) -> Engine:
     from lockgate.store import open_engine
 
-    url = store_url or load(config_path).state_url
+    manifest = None if store_url else load(config_path)
+    url = store_url or (manifest.state_url if manifest else "")
     if url.startswith("sqlite:///") and not url.endswith(":memory:"):
         path = Path(url[len("sqlite:///") :])
         if not path.exists():
@@ -42,7 +43,13 @@ def _engine(config_path: Path, store_url: str | None) -> Engine:
                 "then connect through it; or point --store / -c at the right place",
             )
     try:
-        return open_engine(url, create=False)
+        engine = open_engine(url, create=False)
+        if manifest is not None:
+            # Records a stopped gateway left in its journal become visible here.
+            from lockgate.audit.ingest import catch_up
+
+            catch_up(engine, manifest.state_dir / "journal")
+        return engine
     except (SQLAlchemyError, ImportError) as exc:
         fail(
             f"cannot open the audit store: {type(exc).__name__}", "check state.url in the manifest"

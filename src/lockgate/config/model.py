@@ -149,6 +149,9 @@ class State(_Strict):
 class Audit(_Strict):
     # Record extended-protocol parameter values (they may hold personal data).
     record_parameters: bool = True
+    # fdatasync the audit journal before forwarding each group of commands: survives a power
+    # cut, not only a crash of the gateway, at the cost of latency.
+    fsync: bool = False
 
 
 class Manifest(_Strict):

@@ -15,13 +15,16 @@ import os
 import signal
 import struct
 import sys
+import threading
 from pathlib import Path
 
+from lockgate.audit.ingest import JournalIngester
 from lockgate.config.model import Manifest
 from lockgate.gate import Gate
 from lockgate.proxy.endpoint import Endpoint
 from lockgate.proxy.postgres import CancelRegistry, PostgresEngine
 from lockgate.proxy.tls import listener_context
+from lockgate.store import open_engine
 from lockgate.tasks import running, spawn
 
 log = logging.getLogger("lockgate.server")
@@ -40,8 +43,16 @@ class _Accepted(Endpoint):
 class Gateway:
     """All listeners of one manifest, served by this process."""
 
-    def __init__(self, manifest: Manifest, *, worker_index: int = 0, reuse_port: bool = False) -> None:
+    def __init__(
+        self,
+        manifest: Manifest,
+        *,
+        worker_index: int = 0,
+        reuse_port: bool = False,
+        ingest: bool = True,
+    ) -> None:
         self.manifest = manifest
+        self.ingest = ingest
         self.worker_index = worker_index
         self.reuse_port = reuse_port
         self.gate: Gate | None = None
@@ -65,7 +76,7 @@ class Gateway:
     async def start(self) -> None:
         """Open the state store and bind every listener."""
         loop = asyncio.get_running_loop()
-        self.gate = Gate.from_manifest(self.manifest)
+        self.gate = Gate.from_manifest(self.manifest, ingest=self.ingest)
         await self.gate.start()
         for listener in self.manifest.listeners:
             ctx = listener_context(listener, self.manifest)
@@ -150,38 +161,49 @@ async def _serve_until_signalled(gateway: Gateway, announce: bool) -> None:
     await gateway.stop()
 
 
-def run_worker(manifest: Manifest, index: int, reuse_port: bool, announce: bool) -> None:
+def run_worker(
+    manifest: Manifest, index: int, reuse_port: bool, announce: bool, ingest: bool = True
+) -> None:
     loop = new_event_loop()
+    gateway = Gateway(manifest, worker_index=index, reuse_port=reuse_port, ingest=ingest)
     try:
-        loop.run_until_complete(
-            _serve_until_signalled(Gateway(manifest, worker_index=index, reuse_port=reuse_port), announce)
-        )
+        loop.run_until_complete(_serve_until_signalled(gateway, announce))
     finally:
         loop.close()
 
 
 def run_gateway(manifest: Manifest, workers: int | None = None) -> int:
-    """Serve until SIGINT/SIGTERM with `workers` processes (default: the listeners' setting)."""
+    """Serve until SIGINT/SIGTERM with `workers` processes (default: the listeners' setting).
+
+    This process supervises: it forks the workers, forwards signals to them, and runs the
+    audit journal ingester, so the workers' loops never wait on the audit store.
+    """
     n = workers if workers is not None else max(listener.workers for listener in manifest.listeners)
     if n == 0:
         n = os.cpu_count() or 1
-    if n <= 1:
-        run_worker(manifest, 0, reuse_port=False, announce=True)
-        return 0
+    engine = open_engine(manifest.state_url)  # creates the tables before workers start
+    engine.dispose()
     children: list[int] = []
     for index in range(n):
         pid = os.fork()
         if pid == 0:
             code = 0
             try:
-                run_worker(manifest, index, reuse_port=True, announce=index == 0)
+                run_worker(manifest, index, reuse_port=n > 1, announce=index == 0, ingest=False)
             except BaseException:
                 log.exception("worker %d crashed", index)
                 code = 1
             finally:
                 os._exit(code)
         children.append(pid)
-    print(f"lockgate: {n} worker processes", file=sys.stderr, flush=True)
+    if n > 1:
+        print(f"lockgate: {n} worker processes", file=sys.stderr, flush=True)
+    ingester = JournalIngester(open_engine(manifest.state_url), manifest.state_dir / "journal")
+    stop_ingest = threading.Event()
+    ingest_thread: threading.Thread | None = None
+    if ingester.try_lock():
+        ingest_thread = threading.Thread(target=ingester.run, args=(stop_ingest,), daemon=True)
+        ingest_thread.start()
 
     def forward(sig: int, _frame: object) -> None:
         for child in children:
@@ -194,6 +216,15 @@ def run_gateway(manifest: Manifest, workers: int | None = None) -> int:
     signal.signal(signal.SIGTERM, forward)
     status = 0
     for child in children:
-        _, code = os.waitpid(child, 0)
+        while True:
+            try:
+                _, code = os.waitpid(child, 0)
+                break
+            except InterruptedError:
+                continue
         status = status or os.waitstatus_to_exitcode(code)
+    stop_ingest.set()
+    if ingest_thread is not None:
+        ingest_thread.join(timeout=60)
+    ingester.unlock()
     return status

@@ -140,11 +140,11 @@ class Analyzer:
             result = Analysis((), error=str(exc))
             self._remember(self._by_text, sql, result)
             return result
-        hit = self._by_shape.get(shape)
-        if hit is not None:
-            return hit
-        result = self._parse(sql)
-        self._remember(self._by_shape, shape, result)
+        result = self._by_shape.get(shape)
+        if result is None:
+            result = self._parse(sql)
+            self._remember(self._by_shape, shape, result)
+        self._remember(self._by_text, sql, result)
         return result
 
     @staticmethod

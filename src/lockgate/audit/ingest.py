@@ -1,0 +1,200 @@
+"""Copies audit journals into the SQL audit store.
+
+Theory of operation
+-------------------
+One ingester runs per state folder at a time (it holds `journal/.ingest.lock`): the
+`lockgate serve` supervisor process, an in-process thread for an embedded gateway, or a
+`lockgate audit …` command catching up after a crash. It reads every journal file:
+
+* a file whose writer is alive (its `flock` is held) is read up to its last whole record;
+* a file whose writer is gone is read to the end, then deleted.
+
+Records are written with the file's new position in ONE transaction, so replay after a
+crash resumes exactly where the store left off. Running in its own process keeps the
+gateway workers' event loops free of the store's latency and of lock waits.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from lockgate.audit import journal
+from lockgate.audit.writer import Batch, RecorderStats, StoreWriter, reason
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = ".ingest.lock"
+
+
+class JournalIngester:
+    """Moves records from the journal files in `folder` into the store behind `engine`."""
+
+    def __init__(self, engine: Engine, folder: Path, interval: float = 0.05) -> None:
+        self.folder = folder
+        self.interval = interval
+        self.stats = RecorderStats()
+        self._writer = StoreWriter(engine)
+        self._positions: dict[str, int] = {}
+        self._lock_fd = -1
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._idle = threading.Event()
+
+    # -- the single-ingester lock ---------------------------------------------------------
+    def try_lock(self) -> bool:
+        """Become this folder's ingester, unless another process already is."""
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._lock_fd = fd
+        return True
+
+    def unlock(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+        self._writer.disconnect()
+
+    # -- running --------------------------------------------------------------------------
+    def ingest_once(self) -> int:
+        """One pass over every journal file; returns the records written."""
+        written = 0
+        for path in sorted(self.folder.glob(f"*{journal.SUFFIX}")):
+            written += self._ingest_file(path)
+        return written
+
+    def run(self, stop: threading.Event) -> None:
+        """Ingest every `interval` seconds until `stop` is set, then a final full pass."""
+        failures = 0
+        while True:
+            stopping = stop.is_set()
+            try:
+                busy = self.ingest_once()
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                if failures == 1 or failures % 100 == 0:
+                    log.error(
+                        "audit store write failed (%s); the journal keeps the records", reason(exc)
+                    )
+                busy = 0
+                if stopping:
+                    log.error("audit journal left in %s for the next start to ingest", self.folder)
+                    return
+            if stopping:
+                return
+            if not busy:
+                self._idle.set()
+            stop.wait(self.interval if failures == 0 else min(2.0, self.interval * failures))
+
+    def start_thread(self) -> bool:
+        """Run in a thread of this process if no other ingester holds the folder."""
+        if not self.try_lock():
+            return False
+        self._thread = threading.Thread(
+            target=self.run, args=(self._stop,), name="lockgate-audit-ingest", daemon=True
+        )
+        self._thread.start()
+        return True
+
+    def stop_thread(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+            self._thread = None
+        self.unlock()
+
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        """Wait for a pass that found nothing new (everything journaled so far is stored)."""
+        self._idle.clear()
+        self._idle.wait(timeout)
+
+    # -- one file -------------------------------------------------------------------------
+    def _ingest_file(self, path: Path) -> int:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return 0
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                writer_gone = True
+            except BlockingIOError:
+                writer_gone = False
+            name = path.name
+            pos = self._positions.get(name)
+            if pos is None:
+                pos = self._writer.position(name)
+            total = 0
+            while True:
+                data = os.pread(fd, 8 << 20, pos)
+                records, used = journal.decode(data)
+                if not records:
+                    break
+                total += self._write(records, name, pos + used)
+                pos += used
+                self._positions[name] = pos
+            if writer_gone:
+                size = os.fstat(fd).st_size
+                if pos < size:
+                    log.warning("audit journal %s ends with %d unreadable bytes", name, size - pos)
+                path.unlink()
+                self._writer.forget(name)
+                self._positions.pop(name, None)
+            return total
+        finally:
+            os.close(fd)
+
+    def _write(self, records: list[list[Any]], name: str, position: int) -> int:
+        batch = to_batch(records, self._writer.timestamp)
+        skipped = self._writer.write(batch, name, position)
+        self.stats.records += batch.size() - skipped
+        self.stats.dropped += skipped
+        return batch.size()
+
+
+def to_batch(records: list[list[Any]], ts: Any) -> Batch:
+    """Journal records (see recorder.py for their layout) as store rows."""
+    batch = Batch()
+    for r in records:
+        kind = r[0]
+        if kind == "C":
+            batch.cmd_rows.append((r[1], r[2], ts(r[3]), *r[4:]))
+        elif kind == "F":
+            batch.cmd_updates.append((ts(r[1]), *r[2:]))
+        elif kind == "S":
+            batch.sess_rows.append((*r[1:12], ts(r[12])))
+        elif kind == "E":
+            batch.sess_updates.append((ts(r[1]), *r[2:]))
+        elif kind == "R":
+            batch.refusal_rows.append((ts(r[1]), *r[2:]))
+    return batch
+
+
+def catch_up(engine: Engine, folder: Path, timeout: float = 5.0) -> None:
+    """Before reading the store: ingest what a stopped gateway left, if no ingester runs."""
+    if not folder.exists():
+        return
+    ingester = JournalIngester(engine, folder)
+    deadline = time.monotonic() + timeout
+    if not ingester.try_lock():
+        return  # a running gateway ingests continuously
+    try:
+        while time.monotonic() < deadline and ingester.ingest_once():
+            pass
+    except Exception as exc:
+        log.warning("could not ingest the audit journal: %s", reason(exc))
+    finally:
+        ingester.unlock()

@@ -1,0 +1,287 @@
+"""The write-ahead audit recorder that protocol handlers call on their hot path.
+
+Theory of operation
+-------------------
+Handlers call the recorder from one asyncio loop thread. A write-ahead call
+(`session_started`, `command_started`) adds a record to the current group and schedules
+one flush for the end of this loop iteration (`call_soon`); the flush appends the whole
+group to this process's journal with one `write` (see `journal.py`) and only then resolves
+the callers' futures, so a command is forwarded only once its record is durable. Records
+that need not precede anything (a command's outcome, a session's end) ride along with the
+next flush, or go out on a short timer when traffic stops.
+
+An ingester (`ingest.py`: the `lockgate serve` supervisor process, or a thread here when
+`ingest=True`) copies journals into the SQL audit store in large transactions; readers
+(`lockgate audit …`, the admin API) see records once they are there, normally within
+tens of milliseconds.
+
+Fail closed: if the journal cannot be written (disk full, I/O error), the group's futures
+fail with `AuditUnavailable` and the commands are refused. The journal *is* the record: if
+the SQL store is down, records wait in the journal and the ingester retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from lockgate.audit import journal
+from lockgate.audit.ingest import JournalIngester
+from lockgate.audit.writer import RecorderStats, unavailable
+from lockgate.errors import AuditUnavailable
+from lockgate.model import ClientInfo, Command, ResultSummary, Session, SessionEnd
+
+log = logging.getLogger(__name__)
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+# Journal record kinds.
+_SESSION, _COMMAND, _REFUSAL, _FINISH, _END = "S", "C", "R", "F", "E"
+
+__all__ = ["AuditRecorder", "RecorderStats"]
+
+
+@dataclass(slots=True)
+class _Group:
+    records: list[list[Any]]
+    futures: list[asyncio.Future[None]]
+
+
+class AuditRecorder:
+    """Write-ahead audit recorder; call it only from its event loop's thread."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        journal_dir: Path | None = None,
+        *,
+        fsync: bool = False,
+        ingest: bool = True,
+        linger: float = 0.05,
+        rotate_bytes: int = 64 << 20,
+    ) -> None:
+        self._engine = engine
+        self._journal_dir = journal_dir or _default_journal_dir(engine)
+        self._fsync = fsync
+        self._linger = linger
+        self._ingest = ingest
+        self.rotate_bytes = rotate_bytes
+        self.stats = RecorderStats()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._journal: journal.JournalWriter | None = None
+        self._ingester: JournalIngester | None = None
+        self._group = _Group([], [])
+        self._scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._accepting = False
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Open this process's journal and start ingesting (raises AuditUnavailable)."""
+        if self._loop is not None:
+            raise RuntimeError("AuditRecorder.start() was already called")
+        try:
+            self._journal = journal.JournalWriter(self._journal_dir, fsync=self._fsync)
+            if self._ingest:
+                ingester = JournalIngester(self._engine, self._journal_dir)
+                if ingester.start_thread():
+                    self._ingester = ingester
+        except Exception as exc:
+            raise unavailable(exc, "the gateway cannot start") from None
+        self._loop = asyncio.get_running_loop()
+        self._accepting = True
+
+    async def close(self) -> None:
+        """Flush what is queued, copy the whole journal into the store, stop."""
+        if self._loop is None or not self._accepting:
+            self._accepting = False
+            return
+        self._accepting = False
+        if self._timer is not None:
+            self._timer.cancel()
+        self._flush()
+        assert self._journal is not None
+        self._journal.close()
+        if self._ingester is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._ingester.stop_thread)
+
+    async def sync(self) -> None:
+        """Wait until everything recorded so far is in the SQL store (tests)."""
+        self._flush()
+        if self._ingester is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._ingester.wait_idle)
+
+    # ------------------------------------------------------------------ the hot path
+    async def session_started(self, session: Session) -> None:
+        """Record an admitted session; durable when this returns, else AuditUnavailable."""
+        p, c = session.principal, session.client
+        await self._ahead(
+            [
+                _SESSION,
+                session.id,
+                p.subject,
+                _dumps(sorted(p.groups)),
+                p.kind.value,
+                p.issuer,
+                p.token_id,
+                session.resource,
+                c.protocol,
+                c.address,
+                c.user_name,
+                c.application_name,
+                session.started_at.timestamp(),
+            ],
+            "the connection was not admitted",
+        )
+
+    async def connection_refused(
+        self, client: ClientInfo, resource: str, subject: str | None, code: str, reason_: str
+    ) -> None:
+        """Record a refused connection; never raises (the connection is refused anyway)."""
+        rec = [
+            _REFUSAL,
+            time.time(),
+            client.address,
+            client.protocol,
+            resource,
+            subject,
+            code,
+            reason_,
+        ]
+        try:
+            await self._ahead(rec, "the refusal was not recorded")
+        except AuditUnavailable:
+            log.error("could not record a refused connection from %s", client.address)
+
+    def command_started(self, cmd: Command) -> asyncio.Future[None]:
+        """Record a command before it is forwarded; the future fails with AuditUnavailable."""
+        d = cmd.decision
+        rec = [
+            _COMMAND,
+            cmd.session_id,
+            cmd.seq,
+            time.time(),
+            cmd.text,
+            cmd.kind,
+            _dumps(cmd.tables) if cmd.tables else "[]",
+            None if cmd.params is None else _dumps(cmd.params),
+            d.kind.value,
+            d.rule,
+            d.reason,
+        ]
+        return self._enqueue(rec, "the command was not forwarded")
+
+    def command_finished(self, session_id: str, seq: int, summary: ResultSummary) -> None:
+        """Complete a command's record with its outcome (rides along with the next flush)."""
+        self._later(
+            [
+                _FINISH,
+                time.time(),
+                summary.rows,
+                summary.status,
+                summary.error_code,
+                summary.error_message,
+                summary.bytes_out,
+                summary.duration_ms,
+                session_id,
+                seq,
+            ]
+        )
+
+    def session_ended(
+        self,
+        session_id: str,
+        end: SessionEnd,
+        bytes_from_client: int,
+        bytes_to_client: int,
+        error: str | None = None,
+    ) -> None:
+        """Close a session's record (rides along with the next flush)."""
+        self._later(
+            [_END, time.time(), end.value, bytes_from_client, bytes_to_client, error, session_id]
+        )
+
+    # ------------------------------------------------------------------ grouping
+    async def _ahead(self, rec: list[Any], consequence: str) -> None:
+        await self._enqueue(rec, consequence)
+
+    def _enqueue(self, rec: list[Any], consequence: str) -> asyncio.Future[None]:
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("call `await AuditRecorder.start()` before recording")
+        fut: asyncio.Future[None] = loop.create_future()
+        if not self._accepting:
+            fut.set_exception(
+                AuditUnavailable(
+                    f"audit store unavailable: the gateway is shutting down; {consequence}",
+                    hint="reconnect and retry",
+                )
+            )
+            return fut
+        self._group.records.append(rec)
+        self._group.futures.append(fut)
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return fut
+
+    def _later(self, rec: list[Any]) -> None:
+        if self._loop is None:
+            raise RuntimeError("call `await AuditRecorder.start()` before recording")
+        if not self._accepting:
+            self.stats.dropped += 1
+            log.warning("audit record dropped: the recorder is already closed")
+            return
+        self._group.records.append(rec)
+        if not self._scheduled and self._timer is None:
+            self._timer = self._loop.call_later(self._linger, self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        group = self._group
+        if not group.records:
+            return
+        self._group = _Group([], [])
+        assert self._journal is not None
+        self.stats.flushes += 1
+        try:
+            if self._journal.size > self.rotate_bytes:
+                self._rotate()
+            self._journal.append(journal.encode(group.records))
+        except OSError as exc:
+            self.stats.failed_flushes += 1
+            log.error("audit journal write failed: %s", exc)
+            for fut in group.futures:
+                if not fut.done():
+                    fut.set_exception(unavailable(exc, "the command was not forwarded"))
+            # Outcomes of commands that did run are kept for the next attempt.
+            self._group.records[:0] = [r for r in group.records if r[0] in (_FINISH, _END)]
+            return
+        for fut in group.futures:
+            if not fut.done():
+                fut.set_result(None)
+
+    def _rotate(self) -> None:
+        """Start a new journal file; the old one is ingested and deleted as an orphan."""
+        assert self._journal is not None
+        old = self._journal
+        self._journal = journal.JournalWriter(self._journal_dir, fsync=self._fsync)
+        old.close()
+
+
+def _default_journal_dir(engine: Engine) -> Path:
+    db = engine.url.database or ""
+    if engine.dialect.name == "sqlite" and db and db != ":memory:":
+        return Path(os.path.abspath(db)).parent / "journal"
+    return Path(os.environ.get("LOCKGATE_JOURNAL_DIR", "lockgate-journal"))
