@@ -19,7 +19,6 @@ from lockgate.audit.recorder import AuditRecorder
 from lockgate.config.model import Manifest, Resource
 from lockgate.errors import (
     AccessDenied,
-    AuditUnavailable,
     LockgateError,
     UnknownResource,
 )
@@ -46,13 +45,12 @@ log = logging.getLogger("lockgate.gate")
 ALLOWED = Decision(DecisionKind.ALLOW)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Admission:
-    """A command let through: forward it once `durable` completes (it fails if unrecorded)."""
+    """A command policy lets through; it runs once `Gate.record` made it durable."""
 
     command: Command
     analysis: Analysis
-    durable: asyncio.Future[None]
 
 
 class Gate:
@@ -145,11 +143,9 @@ class Gate:
     def admit(
         self, session: Session, seq: int, text: str, params: tuple[str | None, ...] | None = None
     ) -> Admission:
-        """Analyse, decide and record a command before it is forwarded.
+        """Analyse and decide on a command; raises `CommandDenied` when a rule refuses it.
 
-        Raises `CommandDenied` when a rule refuses it (the refusal is recorded). The returned
-        admission's `durable` future completes once the record is safe; it fails with
-        `AuditUnavailable` if it could not be written, and then the command must not run.
+        The command must then be recorded with `record` before it is forwarded.
         """
         analysis = self.analyzer.analyze(text)
         command = Command(
@@ -161,12 +157,15 @@ class Gate:
             params=params if self.manifest.audit.record_parameters else None,
             decision=ALLOWED,
         )
-        try:
-            durable = self.audit.command_started(command)
-        except AuditUnavailable as exc:
-            durable = asyncio.get_running_loop().create_future()
-            durable.set_exception(exc)
-        return Admission(command, analysis, durable)
+        return Admission(command, analysis)
+
+    def record(self, admissions: list[Admission]) -> asyncio.Future[None] | None:
+        """Write admitted commands to the audit trail before they are forwarded.
+
+        Returns None when they are already durable, or a future that completes when they
+        are; raises (or the future fails with) `AuditUnavailable`: then nothing may run.
+        """
+        return self.audit.commands_started([a.command for a in admissions])
 
     def command_finished(self, session: Session, seq: int, summary: ResultSummary) -> None:
         self.audit.command_finished(session.id, seq, summary)

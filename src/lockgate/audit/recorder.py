@@ -163,21 +163,43 @@ class AuditRecorder:
 
     def command_started(self, cmd: Command) -> asyncio.Future[None]:
         """Record a command before it is forwarded; the future fails with AuditUnavailable."""
-        d = cmd.decision
-        rec = [
-            _COMMAND,
-            cmd.session_id,
-            cmd.seq,
-            time.time(),
-            cmd.text,
-            cmd.kind,
-            _dumps(cmd.tables) if cmd.tables else "[]",
-            None if cmd.params is None else _dumps(cmd.params),
-            d.kind.value,
-            d.rule,
-            d.reason,
-        ]
-        return self._enqueue(rec, "the command was not forwarded")
+        return self._enqueue(_command_record(cmd), "the command was not forwarded")
+
+    def commands_started(self, cmds: list[Command]) -> asyncio.Future[None] | None:
+        """Record commands before they are forwarded, the fast way.
+
+        Without `fsync` the records (with any outcomes waiting to ride along) are appended
+        at once, one `write`: None means durable, and a failure raises AuditUnavailable.
+        With `fsync`, commands of all sessions share one `fdatasync` per loop iteration:
+        the returned future completes when they are durable.
+        """
+        if self._fsync or not self._accepting or self._loop is None:
+            futs = [self.command_started(c) for c in cmds]
+            return futs[0] if len(futs) == 1 else _all(futs)
+        group = self._group
+        records = group.records
+        records.extend(_command_record(c) for c in cmds)
+        if group.futures:
+            # Other write-ahead callers are waiting for this iteration's flush: join them.
+            fut = self._loop.create_future()
+            group.futures.append(fut)
+            return fut
+        self._group = _Group([], [])
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        assert self._journal is not None
+        try:
+            if self._journal.size > self.rotate_bytes:
+                self._rotate()
+            self._journal.append(journal.encode(records))
+        except OSError as exc:
+            self.stats.failed_flushes += 1
+            log.error("audit journal write failed: %s", exc)
+            self._group.records[:0] = [r for r in records if r[0] in (_FINISH, _END)]
+            raise unavailable(exc, "the command was not forwarded") from None
+        self.stats.flushes += 1
+        return None
 
     def command_finished(self, session_id: str, seq: int, summary: ResultSummary) -> None:
         """Complete a command's record with its outcome (rides along with the next flush)."""
@@ -278,6 +300,33 @@ class AuditRecorder:
         old = self._journal
         self._journal = journal.JournalWriter(self._journal_dir, fsync=self._fsync)
         old.close()
+
+
+def _command_record(cmd: Command) -> list[Any]:
+    d = cmd.decision
+    return [
+        _COMMAND,
+        cmd.session_id,
+        cmd.seq,
+        time.time(),
+        cmd.text,
+        cmd.kind,
+        _dumps(cmd.tables) if cmd.tables else "[]",
+        None if cmd.params is None else _dumps(cmd.params),
+        d.kind.value,
+        d.rule,
+        d.reason,
+    ]
+
+
+def _all(futs: list[asyncio.Future[None]]) -> asyncio.Future[None]:
+    """A future done when all are; it fails with the first failure."""
+    return asyncio.ensure_future(_gather(futs))
+
+
+async def _gather(futs: list[asyncio.Future[None]]) -> None:
+    for f in futs:
+        await f
 
 
 def _default_journal_dir(engine: Engine) -> Path:

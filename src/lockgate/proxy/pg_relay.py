@@ -141,29 +141,28 @@ class PgRelay:
         if not plan.admissions:
             self._apply(plan)
             return
-        # Hold the chunk until every command in it is durably recorded.
+        try:
+            durable = self.gate.record(plan.admissions)
+        except LockgateError as exc:
+            self._apply(self._refused(plan, exc))
+            return
+        if durable is None:
+            self._apply(plan)
+            return
+        # Hold the chunk (and what follows) until its records are durable.
         self._holding = True
         self.client.pause_reading()
-        remaining = len(plan.admissions)
+        durable.add_done_callback(lambda f: self._release(plan, f))
 
-        def released(_f: asyncio.Future[None]) -> None:
-            nonlocal remaining
-            remaining -= 1
-            if remaining == 0:
-                self._release(plan)
+    def _refused(self, plan: _Plan, exc: BaseException) -> _Plan:
+        error = exc if isinstance(exc, LockgateError) else LockgateError(str(exc))
+        log.error("session %s: refusing commands: %s", self.session.id, error.message)
+        return self._refuse_plan(plan, _error_bytes(error))
 
-        for adm in plan.admissions:
-            adm.durable.add_done_callback(released)
-
-    def _release(self, plan: _Plan) -> None:
-        failed: LockgateError | None = None
-        for adm in plan.admissions:
-            exc = adm.durable.exception()
-            if exc is not None:
-                failed = exc if isinstance(exc, LockgateError) else LockgateError(str(exc))
-        if failed is not None:
-            log.error("session %s: refusing commands: %s", self.session.id, failed.message)
-            plan = self._refuse_plan(plan, _error_bytes(failed))
+    def _release(self, plan: _Plan, durable: asyncio.Future[None]) -> None:
+        exc = durable.exception()
+        if exc is not None:
+            plan = self._refused(plan, exc)
         if not self.upstream.closed:
             self._apply(plan)
         self._holding = False
