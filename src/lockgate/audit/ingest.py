@@ -17,6 +17,7 @@ gateway workers' event loops free of the store's latency and of lock waits.
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import threading
@@ -171,16 +172,23 @@ def to_batch(records: list[list[Any]], ts: Any) -> Batch:
     for r in records:
         kind = r[0]
         if kind == "C":
-            batch.cmd_rows.append((r[1], r[2], ts(r[3]), *r[4:]))
+            # [C, session, seq, at, text, kind, tables, params, decision, rule, reason]
+            params = None if r[7] is None else _json(r[7])
+            batch.cmd_rows.append((r[1], r[2], ts(r[3]), r[4], r[5], _json(r[6]), params, *r[8:]))
         elif kind == "F":
             batch.cmd_updates.append((ts(r[1]), *r[2:]))
         elif kind == "S":
-            batch.sess_rows.append((*r[1:12], ts(r[12])))
+            # [S, id, subject, groups, kind, issuer, token, resource, protocol, addr, user, app, at]
+            batch.sess_rows.append((r[1], r[2], _json(r[3]), *r[4:12], ts(r[12])))
         elif kind == "E":
             batch.sess_updates.append((ts(r[1]), *r[2:]))
         elif kind == "R":
             batch.refusal_rows.append((ts(r[1]), *r[2:]))
     return batch
+
+
+def _json(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 def catch_up(engine: Engine, folder: Path, timeout: float = 5.0) -> None:

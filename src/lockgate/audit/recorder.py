@@ -23,7 +23,6 @@ the SQL store is down, records wait in the journal and the ingester retries.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
@@ -41,7 +40,6 @@ from lockgate.model import ClientInfo, Command, ResultSummary, Session, SessionE
 
 log = logging.getLogger(__name__)
 
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 # Journal record kinds.
 _SESSION, _COMMAND, _REFUSAL, _FINISH, _END = "S", "C", "R", "F", "E"
@@ -128,7 +126,7 @@ class AuditRecorder:
                 _SESSION,
                 session.id,
                 p.subject,
-                _dumps(sorted(p.groups)),
+                sorted(p.groups),
                 p.kind.value,
                 p.issuer,
                 p.token_id,
@@ -190,7 +188,7 @@ class AuditRecorder:
             self._timer = None
         assert self._journal is not None
         try:
-            if self._journal.size > self.rotate_bytes:
+            if self._journal.broken or self._journal.size > self.rotate_bytes:
                 self._rotate()
             self._journal.append(journal.encode(records))
         except OSError as exc:
@@ -278,7 +276,7 @@ class AuditRecorder:
         assert self._journal is not None
         self.stats.flushes += 1
         try:
-            if self._journal.size > self.rotate_bytes:
+            if self._journal.broken or self._journal.size > self.rotate_bytes:
                 self._rotate()
             self._journal.append(journal.encode(group.records))
         except OSError as exc:
@@ -295,7 +293,10 @@ class AuditRecorder:
                 fut.set_result(None)
 
     def _rotate(self) -> None:
-        """Start a new journal file; the old one is ingested and deleted as an orphan."""
+        """Start a new journal file; the old one is ingested and deleted as an orphan.
+
+        Also how the recorder recovers from a failed append: it never appends after one.
+        """
         assert self._journal is not None
         old = self._journal
         self._journal = journal.JournalWriter(self._journal_dir, fsync=self._fsync)
@@ -311,8 +312,8 @@ def _command_record(cmd: Command) -> list[Any]:
         time.time(),
         cmd.text,
         cmd.kind,
-        _dumps(cmd.tables) if cmd.tables else "[]",
-        None if cmd.params is None else _dumps(cmd.params),
+        cmd.tables,
+        cmd.params,
         d.kind.value,
         d.rule,
         d.reason,
