@@ -21,14 +21,17 @@ tail (a crash in the middle of a write) ends the readable part of a file.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
-import orjson
 import os
 import struct
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 _HEAD = struct.Struct("!II")
 SUFFIX = ".jnl"
