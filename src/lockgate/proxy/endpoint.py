@@ -154,4 +154,4 @@ class Endpoint(asyncio.Protocol):
         )
         if new is None:
             raise ConnectionResetError("connection closed during TLS handshake")
-        self.transport = cast(asyncio.Transport, new)
+        self.transport = new

@@ -83,7 +83,7 @@ class Gateway:
             engine = PostgresEngine(self.gate, listener, ctx, self.cancels, self._forward_cancel)
             self.engines.append(engine)
             server = await loop.create_server(
-                lambda engine=engine: _Accepted(engine),  # type: ignore[misc]
+                lambda engine=engine: _Accepted(engine),
                 listener.host,
                 listener.port,
                 reuse_port=self.reuse_port or None,

@@ -96,14 +96,15 @@ def _qualified(parts: tuple[str | None, ...]) -> str:
     return ".".join(p for p in parts if p)
 
 
-class _Collector(visitors.Visitor):  # type: ignore[misc]
+class _Collector(visitors.Visitor):
     def __init__(self) -> None:
         self.tables: dict[str, None] = {}
         self.functions: dict[str, None] = {}
         self.cte_names: set[str] = set()
 
     def visit_CommonTableExpr(self, _ancestors: object, node: ast.CommonTableExpr) -> None:
-        self.cte_names.add(node.ctename)
+        if node.ctename:
+            self.cte_names.add(node.ctename)
 
     def visit_RangeVar(self, _ancestors: object, node: ast.RangeVar) -> None:
         name = _qualified((node.catalogname, node.schemaname, node.relname))
@@ -140,10 +141,12 @@ class Analyzer:
             result = Analysis((), error=str(exc))
             self._remember(self._by_text, sql, result)
             return result
-        result = self._by_shape.get(shape)
-        if result is None:
+        cached = self._by_shape.get(shape)
+        if cached is None:
             result = self._parse(sql)
             self._remember(self._by_shape, shape, result)
+        else:
+            result = cached
         self._remember(self._by_text, sql, result)
         return result
 
@@ -153,7 +156,7 @@ class Analyzer:
             raws = pglast.parse_sql(sql)
         except ParseError as exc:
             return Analysis((), error=str(exc))
-        return Analysis(tuple(_facts(raw.stmt) for raw in raws))
+        return Analysis(tuple(_facts(raw.stmt) for raw in raws if raw.stmt is not None))
 
     def _remember(self, cache: OrderedDict[str, Analysis], key: str, value: Analysis) -> None:
         cache[key] = value
