@@ -33,6 +33,7 @@ from lockgate.audit.writer import Batch, RecorderStats, StoreWriter, reason
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".ingest.lock"
+_CHUNK = 8 << 20
 
 
 class JournalIngester:
@@ -47,7 +48,11 @@ class JournalIngester:
         self._lock_fd = -1
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._idle = threading.Event()
+        # Passes are numbered; `wait_idle` waits for an idle pass that began after it was
+        # called (a pass already under way may have missed the latest appends).
+        self._passes = threading.Condition()
+        self._started = 0
+        self._idle_pass = 0
 
     # -- the single-ingester lock ---------------------------------------------------------
     def try_lock(self) -> bool:
@@ -81,6 +86,9 @@ class JournalIngester:
         failures = 0
         while True:
             stopping = stop.is_set()
+            with self._passes:
+                self._started += 1
+                number = self._started
             try:
                 busy = self.ingest_once()
                 failures = 0
@@ -97,7 +105,9 @@ class JournalIngester:
             if stopping:
                 return
             if not busy:
-                self._idle.set()
+                with self._passes:
+                    self._idle_pass = number
+                    self._passes.notify_all()
             stop.wait(self.interval if failures == 0 else min(2.0, self.interval * failures))
 
     def start_thread(self) -> bool:
@@ -117,10 +127,11 @@ class JournalIngester:
             self._thread = None
         self.unlock()
 
-    def wait_idle(self, timeout: float = 10.0) -> None:
+    def wait_idle(self, timeout: float = 10.0) -> bool:
         """Wait for a pass that found nothing new (everything journaled so far is stored)."""
-        self._idle.clear()
-        self._idle.wait(timeout)
+        with self._passes:
+            target = self._started + 1
+            return self._passes.wait_for(lambda: self._idle_pass >= target, timeout)
 
     # -- one file -------------------------------------------------------------------------
     def _ingest_file(self, path: Path) -> int:
@@ -139,11 +150,17 @@ class JournalIngester:
             if pos is None:
                 pos = self._writer.position(name)
             total = 0
+            chunk = _CHUNK
             while True:
-                data = os.pread(fd, 8 << 20, pos)
+                data = os.pread(fd, chunk, pos)
                 records, used = journal.decode(data)
                 if not records:
+                    need = journal.frame_size(data)
+                    if len(data) == chunk and need > chunk:
+                        chunk = need  # one record larger than a chunk: read all of it
+                        continue
                     break
+                chunk = _CHUNK
                 total += self._write(records, name, pos + used)
                 pos += used
                 self._positions[name] = pos

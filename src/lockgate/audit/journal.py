@@ -64,6 +64,11 @@ def decode(data: bytes, start: int = 0) -> tuple[list[list[Any]], int]:
     return records, pos
 
 
+def frame_size(data: bytes) -> int:
+    """The size of the record framed at the start of `data` (0 if not even its header is)."""
+    return 0 if len(data) < _HEAD.size else _HEAD.size + int(_HEAD.unpack_from(data)[0])
+
+
 class JournalWriter:
     """This process's journal file, held with an exclusive `flock` while it is open."""
 
