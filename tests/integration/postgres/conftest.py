@@ -20,7 +20,6 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
-
 from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[3]
@@ -159,3 +158,135 @@ def token(gateway: RunningGateway) -> str:
 
 
 __all__ = ["RunningGateway", "base_manifest", "local_resource", "start_gateway", "textwrap"]
+
+
+# ---------------------------------------------------------------------------------------
+# Wire-level helpers for refusal and adversity tests: a PostgreSQL frontend driven by hand
+# (so tests read the exact SQLSTATE of a FATAL startup error, which libpq does not expose),
+# and bounded polling of `lockgate audit refusals`.
+
+
+class Wire:
+    """A raw PostgreSQL client connection, optionally upgraded to TLS with SSLRequest."""
+
+    def __init__(self, port: int, *, tls: bool = False, timeout: float = 10.0) -> None:
+        import socket
+        import ssl
+
+        from lockgate.protocols.postgres import messages as m
+
+        self.sock: Any = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.local_address = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.buf = bytearray()
+        if tls:
+            self.sock.sendall(m.ssl_request())
+            answer = self.sock.recv(1)
+            if answer != b"S":
+                raise AssertionError(f"gateway answered {answer!r} to SSLRequest")
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            self.sock = ctx.wrap_socket(self.sock)
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def startup(self, **params: str) -> None:
+        from lockgate.protocols.postgres import messages as m
+
+        self.send(m.startup_message(params))
+
+    def read(self) -> tuple[bytes, bytes] | None:
+        """The next message (type, payload), or None once the gateway closed the connection."""
+        from lockgate.protocols.postgres import messages as m
+
+        while True:
+            got = m.read_message(self.buf)
+            if got is not None:
+                del self.buf[: got[2]]
+                return got[0], got[1]
+            try:
+                chunk = self.sock.recv(65536)
+            except ConnectionResetError:
+                chunk = b""
+            if not chunk:
+                if self.buf:
+                    raise AssertionError(f"connection closed inside a message: {bytes(self.buf)!r}")
+                return None
+            self.buf += chunk
+
+    def read_until(self, *types: bytes) -> list[tuple[bytes, bytes]]:
+        """Messages up to and including the first of `types` (or up to the close)."""
+        out: list[tuple[bytes, bytes]] = []
+        for _ in range(100_000):
+            msg = self.read()
+            if msg is None:
+                return out
+            out.append(msg)
+            if msg[0] in types:
+                return out
+        raise AssertionError("too many messages")
+
+    def error(self) -> dict[str, str]:
+        """Read up to the ErrorResponse the gateway sends and return its fields."""
+        from lockgate.protocols.postgres import messages as m
+
+        msgs = self.read_until(b"E")
+        if not msgs or msgs[-1][0] != b"E":
+            raise AssertionError(f"expected an ErrorResponse, got {msgs!r}")
+        return m.parse_error_fields(msgs[-1][1])
+
+    def login(self, password: str, **params: str) -> dict[str, str] | None:
+        """Startup + password; the ErrorResponse fields if refused, None once ReadyForQuery."""
+        from lockgate.protocols.postgres import messages as m
+
+        self.startup(**params)
+        first = self.read()
+        if first is None:
+            raise AssertionError("connection closed during startup")
+        if first[0] == b"E":
+            return m.parse_error_fields(first[1])
+        assert first == (b"R", b"\x00\x00\x00\x03"), f"expected a cleartext request, got {first!r}"
+        self.send(m.password_message(password.encode()))
+        msgs = self.read_until(b"E", b"Z")
+        if msgs and msgs[-1][0] == b"E":
+            return m.parse_error_fields(msgs[-1][1])
+        assert msgs and msgs[-1][0] == b"Z", f"no ReadyForQuery: {msgs!r}"
+        return None
+
+    def until_closed(self) -> list[tuple[bytes, bytes]]:
+        """Every message until the gateway closes the connection (socket timeout if never)."""
+        return self.read_until()
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def audit_refusals(gw: RunningGateway) -> list[dict[str, Any]]:
+    import json
+
+    out = gw.cli("audit", "refusals", "--json", "--limit", "500", check=False)
+    if out.returncode != 0:
+        return []
+    rows: list[dict[str, Any]] = json.loads(out.stdout)
+    return rows
+
+
+def wait_for_refusal(
+    gw: RunningGateway, client_address: str, *, timeout: float = 15.0
+) -> dict[str, Any]:
+    """The refusal recorded for a connection from `client_address` (audit is ingested async)."""
+    deadline = time.monotonic() + timeout
+    rows: list[dict[str, Any]] = []
+    for _ in range(200):
+        rows = audit_refusals(gw)
+        for row in rows:
+            if row["client_addr"] == client_address:
+                return row
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    raise AssertionError(f"no refusal recorded for {client_address}; latest: {rows[:5]!r}")
