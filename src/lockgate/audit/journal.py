@@ -54,12 +54,16 @@ def decode(data: bytes, start: int = 0) -> tuple[list[list[Any]], int]:
     while pos + 8 <= n:
         length, crc = _HEAD.unpack_from(data, pos)
         end = pos + 8 + length
-        if end > n:
+        # length 0 is never written: zeroes are a file extended but not filled (power cut).
+        if end > n or length == 0:
             break
         payload = data[pos + 8 : end]
         if zlib.crc32(payload) != crc:
             break
-        records.append(orjson.loads(payload))
+        try:
+            records.append(orjson.loads(payload))
+        except orjson.JSONDecodeError:
+            break
         pos = end
     return records, pos
 
