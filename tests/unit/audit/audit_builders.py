@@ -1,12 +1,16 @@
-"""Builders shared by the audit tests: engines with the audit tables, sessions, commands."""
+"""Builders shared by the audit tests: stores with the audit tables, sessions, commands."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
-from lockgate.audit.tables import commands, refusals, sessions
+from lockgate.audit import journal
+from lockgate.audit.tables import commands, journal_positions, refusals, sessions
 from lockgate.model import (
     ClientInfo,
     Command,
@@ -14,11 +18,14 @@ from lockgate.model import (
     DecisionKind,
     Principal,
     PrincipalKind,
+    ResultSummary,
     Session,
 )
 from lockgate.store import metadata, open_engine
 
-AUDIT_TABLES = [sessions, commands, refusals]
+AUDIT_TABLES = [sessions, commands, refusals, journal_positions]
+
+DONE = ResultSummary(rows=3, status="SELECT 3", bytes_out=512, duration_ms=1.5)
 
 
 def make_engine(url: str) -> Engine:
@@ -63,3 +70,21 @@ def make_command(
         params=params,
         decision=decision or Decision(DecisionKind.ALLOW),
     )
+
+
+def rows(engine: Engine, table: Any, *where: Any) -> list[Any]:
+    with engine.connect() as conn:
+        return list(conn.execute(select(table).where(*where)))
+
+
+def journal_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob(f"*{journal.SUFFIX}"))
+
+
+def journaled(folder: Path) -> list[list[Any]]:
+    """Every whole record in the journal files of `folder`, read as an ingester would."""
+    found: list[list[Any]] = []
+    for path in journal_files(folder):
+        records, _ = journal.decode(path.read_bytes())
+        found += records
+    return found

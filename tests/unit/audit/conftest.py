@@ -1,4 +1,4 @@
-"""Audit test fixtures: a real SQLite state store in tmp_path."""
+"""Audit test fixtures: a real SQLite state store and a journal folder in tmp_path."""
 
 from __future__ import annotations
 
@@ -19,6 +19,11 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def journal_dir(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "journal"
+
+
+@pytest.fixture
 def engine(db_path: Path) -> Iterator[Engine]:
     engine = make_engine(f"sqlite:///{db_path}")
     yield engine
@@ -34,8 +39,9 @@ def reader(db_path: Path, engine: Engine) -> Iterator[Engine]:
 
 
 @pytest.fixture
-async def recorder(engine: Engine) -> AsyncIterator[AuditRecorder]:
-    rec = AuditRecorder(engine)
+async def recorder(engine: Engine, journal_dir: Path) -> AsyncIterator[AuditRecorder]:
+    """A recorder with its in-process ingester thread (`await recorder.sync()` to read)."""
+    rec = AuditRecorder(engine, journal_dir)
     await rec.start()
     yield rec
     await rec.close()
