@@ -30,7 +30,9 @@ from lockgate.identity.tokens import (
 )
 from lockgate.model import Principal, PrincipalKind
 
-LEEWAY_SECONDS = 30
+# Gateway tokens are issued and checked by gateways sharing a store (clocks in sync via
+# NTP): a second covers drift between hosts without stretching a short `--ttl`.
+LEEWAY_SECONDS = 1
 # Far above any real JWT; refuse before parsing anything larger.
 MAX_TOKEN_LENGTH = 16 * 1024
 

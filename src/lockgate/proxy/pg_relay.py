@@ -43,7 +43,7 @@ _ONE, _TWO, _THREE, _T, _NODATA, _SUSPENDED, _I, _Z = b"123TnsIZ"
 # Pseudo-type of a local answer waiting its turn in the response queue.
 _L = ord("L")
 _STEPS = frozenset((_P, _B, _C, _D))
-_TRACKED = frozenset((_P, _B, _C, _D, _S, _F))
+_TRACKED = frozenset((_P, _B, _C, _D, _S))
 
 # Frontend message types that may appear after startup.
 _FRONTEND_TYPES = frozenset(b"QPBDCESHXFdcfp")
@@ -193,13 +193,17 @@ class PgRelay:
                     out.append((m.SYNC, _Op(_S, local=self._skip_error)))
                     self._skip_error = b""
                 continue
-            if t == _Q or t == _E:
+            if t == _Q or t == _E or t == _F:
                 if off > run_start:
                     out.append((mv[run_start:off], None))
                 run_start = end
                 payload = bytes(buf[off + 5 : end])
                 if t == _Q:
                     text, params = m.parse_query(payload), None
+                elif t == _F:
+                    # The fastpath function call (libpq's large-object calls): a command too.
+                    oid = int.from_bytes(payload[:4], "big") if len(payload) >= 4 else 0
+                    text, params = f"-- fastpath function call (function oid {oid})", None
                 else:
                     portal = m.parse_execute(payload)[0]
                     text, params = self._portals.get(portal, ("", None))
@@ -209,10 +213,10 @@ class PgRelay:
                 if isinstance(adm, Admission):
                     plan.admissions.append(adm)
                     out.append((mv[off:end], op))
-                elif t == _Q:
-                    out.append((b"", _Op(_L, local=adm)))
-                else:
+                elif t == _E:
                     self._skip_error = adm
+                else:
+                    out.append((b"", _Op(_L, local=adm)))
                 continue
             if t == _P:
                 parsed = m.parse_parse(bytes(buf[off + 5 : end]))
@@ -258,7 +262,7 @@ class PgRelay:
             if op is None:
                 if not skipping:
                     refused.out.append((data, None))
-            elif op.kind == _Q:
+            elif op.kind == _Q or op.kind == _F:
                 refused.out.append((b"", _Op(_L, local=error)))
             elif op.kind == _E:
                 skipping = True

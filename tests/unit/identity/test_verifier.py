@@ -103,13 +103,16 @@ async def test_expired(authority: GatewayTokenAuthority, verifier: GatewayTokenV
     assert "lockgate token issue" in err.hint
 
 
-async def test_expiry_has_30_seconds_of_leeway(
+async def test_expiry_leeway_is_one_second_only(
     authority: GatewayTokenAuthority, verifier: GatewayTokenVerifier
 ) -> None:
     claims = _claims(authority.issue("ci-bot").token)
-    claims["exp"] = int(time.time()) - 10
+    claims["exp"] = int(time.time()) + 1
     principal = await verifier.verify(_resign(authority, claims))
     assert principal.subject == "ci-bot"
+    claims["exp"] = int(time.time()) - 5
+    err = await _refused(verifier, _resign(authority, claims))
+    assert err.message.startswith("token expired at ")
 
 
 async def test_not_yet_valid(
