@@ -26,6 +26,7 @@ import errno
 import fcntl
 import os
 import struct
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +36,8 @@ import orjson
 
 _HEAD = struct.Struct("!II")
 SUFFIX = ".jnl"
+
+_last_created = 0
 
 
 def encode(records: list[list[Any]]) -> bytes:
@@ -80,7 +83,12 @@ class JournalWriter:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.folder = folder
         self.fsync = fsync
-        self.path = folder / f"{os.getpid()}-{os.urandom(4).hex()}{SUFFIX}"
+        # Names sort in creation order, and ingesters read files in name order: a session's
+        # records continued in a newer file (after a rotation) never reach the store before
+        # the session itself, which would reject them.
+        global _last_created
+        _last_created = max(time.time_ns(), _last_created + 1)
+        self.path = folder / f"{_last_created:020d}-{os.getpid()}-{os.urandom(4).hex()}{SUFFIX}"
         # Lock the file before giving it its journal name: an ingester that found it unlocked
         # would take it for an orphan and delete it under its writer.
         hidden = self.path.with_name(self.path.name + ".new")

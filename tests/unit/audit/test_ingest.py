@@ -329,3 +329,24 @@ async def test_the_ingester_thread_retries_until_the_store_is_back(
     finally:
         await rec.close()
     assert journal_files(journal_dir) == []
+
+
+async def test_rotated_journals_are_read_in_the_order_they_were_written(
+    engine: Engine, reader: Engine, journal_dir: Path
+) -> None:
+    """A session continued in newer files: the session row must land before its commands."""
+    rec = AuditRecorder(engine, journal_dir, ingest=False, rotate_bytes=1500)
+    await rec.start()
+    await rec.session_started(make_session())
+    for seq in range(1, 31):
+        assert rec.commands_started([make_command(seq=seq)]) is None
+        rec.command_finished("s-1", seq, DONE)
+    await rec.close()
+    assert len(journal_files(journal_dir)) > 5
+    ingester = JournalIngester(engine, journal_dir)
+    ingester.ingest_once()
+    assert ingester.stats.dropped == 0
+    found = rows(reader, commands)
+    assert sorted(c.seq for c in found) == list(range(1, 31))
+    assert all(c.status == "SELECT 3" for c in found)
+    assert journal_files(journal_dir) == []
