@@ -183,6 +183,10 @@ def run_gateway(manifest: Manifest, workers: int | None = None) -> int:
         n = os.cpu_count() or 1
     engine = open_engine(manifest.state_url)  # creates the tables before workers start
     engine.dispose()
+    for listener in manifest.listeners:
+        # Workers would race to create the self-signed certificate, and one could
+        # read another's half-written file: create it once, here.
+        listener_context(listener, manifest)
     children: list[int] = []
     for index in range(n):
         pid = os.fork()
