@@ -71,6 +71,8 @@ class Batch:
     """Records read from a journal, by kind, in table column order."""
 
     __slots__ = ("cmd_rows", "cmd_updates", "refusal_rows", "sess_rows", "sess_updates")
+    # The order rows are written in: a session before its commands, rows before updates.
+    ORDER = ("sess_rows", "cmd_rows", "refusal_rows", "cmd_updates", "sess_updates")
 
     def __init__(self) -> None:
         self.sess_rows: list[Row] = []
@@ -249,7 +251,7 @@ class StoreWriter:
                 raise
         # A record is rejected (duplicate after a crash replay, unknown session): go one by one.
         skipped = 0
-        for kind in Batch.__slots__:
+        for kind in Batch.ORDER:
             for row in getattr(batch, kind):
                 single = Batch()
                 getattr(single, kind).append(row)

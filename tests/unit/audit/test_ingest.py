@@ -342,11 +342,41 @@ async def test_rotated_journals_are_read_in_the_order_they_were_written(
         assert rec.commands_started([make_command(seq=seq)]) is None
         rec.command_finished("s-1", seq, DONE)
     await rec.close()
-    assert len(journal_files(journal_dir)) > 5
+    assert len(journal_files(journal_dir)) >= 3
     ingester = JournalIngester(engine, journal_dir)
     ingester.ingest_once()
     assert ingester.stats.dropped == 0
     found = rows(reader, commands)
     assert sorted(c.seq for c in found) == list(range(1, 31))
     assert all(c.status == "SELECT 3" for c in found)
+    assert journal_files(journal_dir) == []
+
+
+def test_a_rejected_record_is_skipped_alone(
+    engine: Engine, reader: Engine, journal_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A duplicate or a command of an unknown session must not take its batch down with it."""
+    w = journal.JournalWriter(journal_dir)
+    session = ["S", "s-1", "alice", ["dba"], "human", "iss", None, "shop", "postgres", "h:1"]
+    cmd = ["C", "s-1", 1, 1714564800.0, "SELECT 1", "select", [], None, "allow", "", ""]
+    w.append(
+        journal.encode(
+            [
+                [*session, "", "", 1714564800.0],
+                cmd,
+                [*cmd[:2], 2, *cmd[3:]],
+                cmd,  # a duplicate
+                ["C", "nope", 1, *cmd[3:]],  # a command of an unknown session
+                ["F", 1714564801.0, 1, "SELECT 1", None, None, 9, 0.5, "s-1", 2],
+            ]
+        )
+    )
+    w.close()
+    ingester = JournalIngester(engine, journal_dir)
+    with caplog.at_level(logging.WARNING, "lockgate.audit.writer"):
+        assert ingester.ingest_once() == 6
+    assert ingester.stats.dropped == 2 and ingester.stats.records == 4
+    assert caplog.text.count("audit record skipped") == 2
+    found = {(c.session_id, c.seq): c.status for c in rows(reader, commands)}
+    assert found == {("s-1", 1): None, ("s-1", 2): "SELECT 1"}
     assert journal_files(journal_dir) == []
