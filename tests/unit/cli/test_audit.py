@@ -1,4 +1,7 @@
-"""`lockgate audit`: sessions, show and refusals as tables and JSON, friendly when empty."""
+"""`lockgate audit`: sessions, show and refusals as tables and JSON, friendly when empty.
+
+Stores are filled through the real recorder (journal, then ingester); the manifest case
+also shows the CLI ingesting what a stopped gateway left in its journal."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from lockgate.audit.recorder import AuditRecorder
-from lockgate.audit.tables import commands, refusals, sessions
+from lockgate.audit.tables import commands, journal_positions, refusals, sessions
 from lockgate.cli import main
 from lockgate.model import (
     ClientInfo,
@@ -38,22 +41,24 @@ def run(*args: str) -> tuple[int, str, str]:
 def create_store(db: Path) -> str:
     url = f"sqlite:///{db}"
     engine = open_engine(url, create=False)
-    metadata.create_all(engine, tables=[sessions, commands, refusals])
+    metadata.create_all(engine, tables=[sessions, commands, refusals, journal_positions])
     engine.dispose()
     return url
 
 
-async def record(url: str) -> None:
+async def record(url: str, *, ingest: bool = True) -> None:
+    """Record two sessions; the journal is next to the SQLite file, as the gateway keeps it."""
     engine = open_engine(url, create=False)
-    rec = AuditRecorder(engine)
+    rec = AuditRecorder(engine, ingest=ingest)
     await rec.start()
     alice = Principal("alice", frozenset({"dba"}), PrincipalKind.HUMAN, token_id="t1")
     client = ClientInfo("10.0.0.5:51234", "postgres", "alice", "psql")
     started = datetime.now(UTC) - timedelta(minutes=5)
     await rec.session_started(Session(ENDED_ID, alice, "shop", client, started))
-    await rec.command_started(
-        Command(ENDED_ID, 1, "SELECT email\nFROM customers WHERE id = $1", "select", (), ("42",))
+    first = Command(
+        ENDED_ID, 1, "SELECT email\nFROM customers WHERE id = $1", "select", (), ("42",)
     )
+    assert rec.commands_started([first]) is None
     rec.command_finished(
         ENDED_ID, 1, ResultSummary(rows=1, status="SELECT 1", bytes_out=80, duration_ms=2.5)
     )
@@ -201,12 +206,20 @@ def test_missing_store_says_what_to_do(tmp_path: Path) -> None:
     assert not (tmp_path / "nope.db").exists()
 
 
-def test_store_from_the_manifest(tmp_path: Path) -> None:
+def test_store_from_the_manifest_with_a_stopped_gateways_journal(tmp_path: Path) -> None:
     (tmp_path / "state").mkdir()
     url = create_store(tmp_path / "state" / "lockgate.db")
-    asyncio.run(record(url))
+    asyncio.run(record(url, ingest=False))  # a gateway stopped before its ingester ran
+    journal = tmp_path / "state" / "journal"
+    assert list(journal.glob("*.jnl"))
+    code, out, _ = run("sessions", "--store", url)
+    assert code == 0 and "no sessions recorded yet" in out  # --store reads the store only
     manifest = tmp_path / "lockgate.yaml"
     manifest.write_text("state:\n  url: sqlite:///state/lockgate.db\n  dir: state\n")
     code, out, err = run("sessions", "-c", str(manifest))
     assert code == 0, err
     assert "3f2a9c1e" in out and "77b0d4aa" in out
+    assert list(journal.glob("*.jnl")) == []
+    code, out, err = run("show", "3f2a", "-c", str(manifest))
+    assert code == 0, err
+    assert "3 statement(s)" in out and "error 22012 division by zero" in out
