@@ -16,6 +16,9 @@ import unicodedata
 from lockgate.protocols.postgres.messages import ProtocolViolation
 
 SCRAM_SHA_256 = "SCRAM-SHA-256"
+# PostgreSQL's default is 4096. The key derivation runs on the gateway's event loop, so a
+# hostile upstream must not be able to ask for minutes of work (100k rounds: ~50 ms).
+MAX_SCRAM_ITERATIONS = 100_000
 
 
 def md5_password(user: str, password: str, salt: bytes) -> bytes:
@@ -51,7 +54,7 @@ class ScramClient:
             salt = base64.b64decode(salt_b64)
         except (KeyError, ValueError) as exc:
             raise ProtocolViolation("upstream sent a malformed SCRAM server-first message") from exc
-        if not nonce.startswith(self._nonce) or iterations < 1:
+        if not nonce.startswith(self._nonce) or not 1 <= iterations <= MAX_SCRAM_ITERATIONS:
             raise ProtocolViolation("upstream SCRAM nonce or iteration count is invalid")
         salted = hashlib.pbkdf2_hmac("sha256", self._password, salt, iterations)
         client_key = hmac.digest(salted, b"Client Key", "sha256")
