@@ -139,8 +139,8 @@ class _Statements:
             f"WHERE {quote('journal')} = {mark(2)}"
         )
         self.add_position = (
-            f"INSERT INTO {quote(journal_positions.name)} ({quote('journal')}, {quote('position')}) "
-            f"VALUES ({mark(1)}, {mark(2)})"
+            f"INSERT INTO {quote(journal_positions.name)} "
+            f"({quote('journal')}, {quote('position')}) VALUES ({mark(1)}, {mark(2)})"
         )
         self.get_position = (
             f"SELECT {quote('position')} FROM {quote(journal_positions.name)} "
