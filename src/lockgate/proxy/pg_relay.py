@@ -315,6 +315,8 @@ class PgRelay:
                 continue
             t = buf[off]
             head = pending[0]
+            # Every response byte counts towards the command it answers (rows included).
+            head.bytes_out += end - off
             if t == _D:
                 continue
             if t == _Z:
@@ -328,7 +330,7 @@ class PgRelay:
                     write(op.local + m.ready_for_query(status))
                     flushed = end
                 else:
-                    self._finish(op, end - off)
+                    self._finish(op)
                 if pending and pending[0].kind == _L:
                     if end > flushed:
                         write(buf[flushed:end])
@@ -340,7 +342,7 @@ class PgRelay:
                 rows = m.command_tag_rows(tag)
                 if head.kind == _E:
                     head.status, head.rows = tag, rows
-                    self._finish(pending.popleft(), end - off)
+                    self._finish(pending.popleft())
                 elif head.kind == _Q:
                     head.status = tag
                     if rows is not None:
@@ -354,7 +356,7 @@ class PgRelay:
             elif t == _SUSPENDED or t == _I:
                 if head.kind == _E:
                     head.status = "suspended" if t == _SUSPENDED else "empty"
-                    self._finish(pending.popleft(), end - off)
+                    self._finish(pending.popleft())
                 elif head.kind == _Q and t == _I:
                     head.status = "empty"
             elif t == _E:
@@ -363,19 +365,27 @@ class PgRelay:
                 head.error_message = fields.get("M")
                 if head.kind not in (_Q, _S, _F):
                     # Extended protocol: the server skips everything up to the next Sync.
+                    # An error at Parse/Bind/Describe (a syntax error, 1/$1 folded at Bind)
+                    # is the failure of the Execute that follows it, not a skip.
+                    owner = head
                     while pending and pending[0].kind != _S:
                         op = pending.popleft()
                         if op.kind == _E and op is not head:
-                            op.status = "skipped after an earlier error"
-                        self._finish(op, end - off if op is head else 0)
+                            if owner.kind != _E:
+                                op.error_code = head.error_code
+                                op.error_message = head.error_message
+                                op.bytes_out += head.bytes_out
+                                owner = op
+                            else:
+                                op.status = "skipped after an earlier error"
+                        self._finish(op)
         if consumed > flushed:
             write(buf[flushed:consumed] if flushed or consumed < len(buf) else buf)
 
-    def _finish(self, op: _Op, size: int) -> None:
+    def _finish(self, op: _Op) -> None:
         if op.seq == 0 or op.done:
             return
         op.done = True
-        op.bytes_out += size
         summary = ResultSummary(
             rows=op.rows,
             status=op.status,
@@ -401,7 +411,7 @@ class PgRelay:
             op = self._pending.popleft()
             if op.seq and not op.done:
                 op.error_message = op.error_message or reason
-                self._finish(op, 0)
+                self._finish(op)
 
 
 def _tail(pending: bytearray, buf: bytes | bytearray, consumed: int) -> bytearray:
