@@ -17,7 +17,6 @@ gateway workers' event loops free of the store's latency and of lock waits.
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import threading
@@ -25,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy.engine import Engine
 
 from lockgate.audit import journal
@@ -178,22 +178,33 @@ class JournalIngester:
     def _write(self, records: list[list[Any]], name: str, position: int) -> int:
         batch = to_batch(records, self._writer.timestamp)
         skipped = self._writer.write(batch, name, position)
-        self.stats.records += batch.size() - skipped
+        # Counted in journal records: an outcome merged into its command's row counts too.
+        self.stats.records += len(records) - skipped
         self.stats.dropped += skipped
-        return batch.size()
+        return len(records)
 
 
 def to_batch(records: list[list[Any]], ts: Any) -> Batch:
     """Journal records (see recorder.py for their layout) as store rows."""
     batch = Batch()
+    # (session, seq) -> index in cmd_rows, to merge an outcome into its command's insert.
+    started: dict[tuple[str, int], int] = {}
     for r in records:
         kind = r[0]
         if kind == "C":
             # [C, session, seq, at, text, kind, tables, params, decision, rule, reason]
             params = None if r[7] is None else _json(r[7])
-            batch.cmd_rows.append((r[1], r[2], ts(r[3]), r[4], r[5], _json(r[6]), params, *r[8:]))
+            started[(r[1], r[2])] = len(batch.cmd_rows)
+            batch.cmd_rows.append(
+                (r[1], r[2], ts(r[3]), r[4], r[5], _json(r[6]), params, *r[8:11], *_NO_OUTCOME)
+            )
         elif kind == "F":
-            batch.cmd_updates.append((ts(r[1]), *r[2:]))
+            # [F, at, rows, status, error_code, error_message, bytes_out, duration_ms, session, seq]
+            i = started.get((r[8], r[9]))
+            if i is None:
+                batch.cmd_updates.append((ts(r[1]), *r[2:]))
+            else:
+                batch.cmd_rows[i] = (*batch.cmd_rows[i][:10], ts(r[1]), *r[2:8])
         elif kind == "S":
             # [S, id, subject, groups, kind, issuer, token, resource, protocol, addr, user, app, at]
             batch.sess_rows.append((r[1], r[2], _json(r[3]), *r[4:12], ts(r[12])))
@@ -204,8 +215,11 @@ def to_batch(records: list[list[Any]], ts: Any) -> Batch:
     return batch
 
 
+_NO_OUTCOME = (None,) * 7
+
+
 def _json(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
 def catch_up(engine: Engine, folder: Path, timeout: float = 5.0) -> None:
