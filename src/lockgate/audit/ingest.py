@@ -81,8 +81,17 @@ class JournalIngester:
             written += self._ingest_file(path)
         return written
 
-    def run(self, stop: threading.Event) -> None:
-        """Ingest every `interval` seconds until `stop` is set, then a final full pass."""
+    def run(self, stop: threading.Event, *, nice: int = 0) -> None:
+        """Ingest every `interval` seconds until `stop` is set, then a final full pass.
+
+        `nice` lowers this thread's CPU priority (Linux), so that on a busy host the
+        gateway's workers, whose records are already durable in the journal, come first.
+        """
+        if nice:
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+            except (AttributeError, OSError):
+                pass
         failures = 0
         while True:
             stopping = stop.is_set()

@@ -206,7 +206,9 @@ def run_gateway(manifest: Manifest, workers: int | None = None) -> int:
     stop_ingest = threading.Event()
     ingest_thread: threading.Thread | None = None
     if ingester.try_lock():
-        ingest_thread = threading.Thread(target=ingester.run, args=(stop_ingest,), daemon=True)
+        ingest_thread = threading.Thread(
+            target=ingester.run, args=(stop_ingest,), kwargs={"nice": 10}, daemon=True
+        )
         ingest_thread.start()
 
     def forward(sig: int, _frame: object) -> None:
