@@ -6,11 +6,13 @@ from __future__ import annotations
 class LockgateError(Exception):
     """Base class: `message` is safe to show to the client (no secrets, no internals)."""
 
-    def __init__(self, message: str, *, hint: str = "", rule: str = "") -> None:
+    def __init__(self, message: str, *, hint: str = "", rule: str = "", detail: str = "") -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
         self.rule = rule
+        # More than the client is told, for the audit record and the log (never a secret).
+        self.detail = detail
 
 
 class AuthFailed(LockgateError):

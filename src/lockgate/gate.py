@@ -22,8 +22,10 @@ from lockgate.errors import (
     LockgateError,
     UnknownResource,
 )
+from lockgate.identity.oidc import OIDCVerifier
+from lockgate.identity.session_limits import LiveSessionPolicy, SessionVerdict
 from lockgate.identity.tokens import GatewayTokenAuthority
-from lockgate.identity.verifier import GatewayTokenVerifier, IdentityVerifier
+from lockgate.identity.verifier import GatewayTokenVerifier, IdentityVerifier, TokenVerifier
 from lockgate.model import (
     ClientInfo,
     Command,
@@ -60,7 +62,10 @@ class Gate:
         self.manifest = manifest
         self.engine = engine
         self.authority = GatewayTokenAuthority(manifest, engine)
-        self.verifier = IdentityVerifier([GatewayTokenVerifier(self.authority)])
+        verifiers: list[TokenVerifier] = [GatewayTokenVerifier(self.authority)]
+        verifiers += [OIDCVerifier(issuer, engine) for issuer in manifest.identity.oidc]
+        self.verifier = IdentityVerifier(verifiers)
+        self.live_sessions = LiveSessionPolicy(manifest, engine)
         self.access = AccessPolicy(manifest)
         self.secrets = SecretStore.for_manifest(manifest, engine)
         self.analyzer = Analyzer()
@@ -126,10 +131,15 @@ class Gate:
         self, client: ClientInfo, resource: str, subject: str | None, code: str, error: LockgateError
     ) -> None:
         """Record a refused connection; a failure to record is logged, never raised."""
+        reason = f"{error.message} [{error.detail}]" if error.detail else error.message
         try:
-            await self.audit.connection_refused(client, resource, subject, code, error.message)
+            await self.audit.connection_refused(client, resource, subject, code, reason)
         except Exception:  # the client is being refused anyway
             log.exception("could not record a refused connection")
+
+    async def sessions_to_end(self, sessions: list[Session]) -> list[SessionVerdict]:
+        """Live sessions whose token expired or was revoked, or that are open too long."""
+        return await self.live_sessions.verdicts(sessions)
 
     def end_session(
         self, session: Session, end: SessionEnd, bytes_in: int, bytes_out: int, error: str | None

@@ -44,6 +44,11 @@ class SessionEnd(enum.StrEnum):
     PROTOCOL_ERROR = "protocol_error"
     REFUSED = "refused"
     ERROR = "error"
+    # Ended by the gateway while live: the token expired, the identity was revoked, or the
+    # session reached the manifest's `identity.sessions.max_session`.
+    TOKEN_EXPIRED = "token_expired"
+    REVOKED = "revoked"
+    MAX_SESSION = "max_session"
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -135,8 +136,130 @@ class GatewayTokens(_Strict):
         return v
 
 
+# Asymmetric JWS algorithms an OIDC issuer may be trusted with. `none` and the HMAC family
+# (HS*) are never accepted: a verifier holding only public keys cannot check them safely.
+OIDC_ALGORITHMS = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+)
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+class ClaimRule(_Strict):
+    """Groups given to a token whose claims all match: `{claim: pattern or [patterns]}`.
+
+    Patterns are shell-style (`acme/*`, `refs/heads/release-*`), matched case-sensitively
+    against the claim's text; a list claim matches when any of its items does.
+    """
+
+    name: str
+    match: dict[str, str | list[str]] = Field(min_length=1)
+    groups: list[str] = Field(min_length=1)
+
+
+class OIDCIssuer(_Strict):
+    """One trusted OpenID Connect issuer (a company IdP, GitHub Actions, GitLab CI...)."""
+
+    issuer: str
+    audiences: list[str] = Field(min_length=1)
+    algorithms: list[str] = ["RS256", "ES256", "EdDSA"]
+    clock_skew: str = "60s"
+    subject_claim: str = "sub"
+    # Prepended to the subject, e.g. `gh:`, so subjects of two issuers cannot collide.
+    subject_prefix: str = ""
+    groups_claim: str | None = "groups"
+    kind: Literal["human", "machine"] = "human"
+    claim_rules: list[ClaimRule] = []
+    # Refuse a token that no claim rule matched (recommended for CI issuers).
+    require_rule_match: bool = False
+    # Read keys from here instead of the discovery document's `jwks_uri`
+    # (`{issuer}/.well-known/openid-configuration`).
+    jwks_uri: str | None = None
+    # An unknown `kid` refetches the keys at most once per this interval.
+    jwks_min_refresh: str = "30s"
+    # Keys older than this are refetched (the old ones stay in use if the provider is down).
+    jwks_max_age: str = "1h"
+    http_timeout: float = Field(default=5.0, gt=0, le=60)
+
+    @field_validator("issuer", "jwks_uri")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        parts = urlsplit(v)
+        if parts.scheme == "https" and parts.hostname:
+            return v
+        if parts.scheme == "http" and parts.hostname in _LOOPBACK_HOSTS:
+            return v  # plain HTTP only to a provider on this machine (tests, local IdPs)
+        raise ValueError("must be an https:// URL (http:// only for a loopback address)")
+
+    @field_validator("algorithms")
+    @classmethod
+    def _algorithms(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("name at least one algorithm, e.g. [RS256]")
+        for alg in v:
+            if alg not in OIDC_ALGORITHMS:
+                raise ValueError(
+                    f"algorithm {alg!r} is not accepted; choose from {', '.join(OIDC_ALGORITHMS)}"
+                    " (never 'none' or HMAC, which a public key cannot verify)"
+                )
+        return v
+
+    @field_validator("clock_skew", "jwks_min_refresh", "jwks_max_age")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        parse_duration(v)
+        return v
+
+    @field_validator("claim_rules")
+    @classmethod
+    def _rules(cls, v: list[ClaimRule]) -> list[ClaimRule]:
+        names = [r.name for r in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"claim rule names must be unique: {', '.join(dupes)}")
+        return v
+
+
+class SessionLimits(_Strict):
+    """What happens to a live session when its token expires or is revoked."""
+
+    # `end`: the session ends when its token expires; `allow`: it may outlive the token
+    # up to `max_session`. Revocation always ends a session within `check_interval`.
+    on_token_expiry: Literal["end", "allow"] = "end"
+    max_session: str = "8h"
+    check_interval: str = "2s"
+
+    @field_validator("max_session", "check_interval")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        if parse_duration(v) < 1:
+            raise ValueError("must be at least 1s")
+        return v
+
+
 class Identity(_Strict):
     gateway_tokens: GatewayTokens = GatewayTokens()
+    oidc: list[OIDCIssuer] = []
+    sessions: SessionLimits = SessionLimits()
+
+    @field_validator("oidc")
+    @classmethod
+    def _unique_issuers(cls, v: list[OIDCIssuer]) -> list[OIDCIssuer]:
+        seen = [i.issuer for i in v]
+        dupes = sorted({i for i in seen if seen.count(i) > 1})
+        if dupes:
+            raise ValueError(f"each issuer may be listed once: {', '.join(dupes)}")
+        return v
 
 
 class State(_Strict):

@@ -27,3 +27,19 @@ issued_tokens = Table(
     Column("revoked_reason", Text, nullable=True),
     Index("ix_issued_tokens_expires_at", "expires_at"),
 )
+
+# Revoked identities of outside issuers (OIDC): a subject, or a single token by its `jti`.
+# Gateway tokens are revoked in `issued_tokens`; this list covers what no row there names.
+revoked_identities = Table(
+    "revoked_identities",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    # The issuer URL, or "*" for a subject revoked at every issuer.
+    Column("issuer", String(255), nullable=False),
+    Column("subject", String(255), nullable=True),
+    Column("jti", String(255), nullable=True),
+    Column("revoked_at", DateTime(timezone=True), nullable=False),
+    Column("reason", Text, nullable=True),
+    Index("ix_revoked_identities_subject", "subject"),
+    Index("ix_revoked_identities_jti", "jti"),
+)
