@@ -42,7 +42,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from lockgate.config.model import ClaimRule, OIDCIssuer, parse_duration
 from lockgate.errors import AuthFailed
-from lockgate.identity.revocation import find_revocation
+from lockgate.identity.revocation import ensure_tables, find_revocation
 from lockgate.identity.tokens import iso
 from lockgate.identity.verifier import _check_shape, shown, unverified_claims
 from lockgate.model import Principal, PrincipalKind
@@ -299,6 +299,7 @@ class OIDCVerifier:
         self._engine = engine
         self._leeway = parse_duration(settings.clock_skew)
         self._kind = PrincipalKind(settings.kind)
+        ensure_tables(engine)
 
     async def verify(self, token: str) -> Principal:
         """Return the principal a valid, unrevoked token of this issuer names; else `AuthFailed`."""

@@ -23,6 +23,12 @@ from lockgate.model import Principal
 ANY_ISSUER = "*"
 
 
+def ensure_tables(engine: Engine) -> None:
+    """Create the revocation tables if missing (normally `open_engine` already did)."""
+    issued_tokens.create(engine, checkfirst=True)
+    revoked_identities.create(engine, checkfirst=True)
+
+
 @dataclass(frozen=True, slots=True)
 class Revocation:
     """One entry of the revocation list."""

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from lockgate.config.model import Manifest, parse_duration
-from lockgate.identity.revocation import revoked_principals
+from lockgate.identity.revocation import ensure_tables, revoked_principals
 from lockgate.identity.tokens import format_duration, iso
 from lockgate.model import Session, SessionEnd
 
@@ -44,6 +44,7 @@ class LiveSessionPolicy:
         self.check_interval = float(parse_duration(limits.check_interval))
         self._gateway_issuer = manifest.identity.gateway_tokens.issuer
         self._engine = engine
+        ensure_tables(engine)
 
     def over_time(self, session: Session, now: datetime | None = None) -> SessionVerdict | None:
         """The verdict for a session whose token or length ran out at `now`, else None."""
