@@ -155,15 +155,86 @@ def issue(
 
 @token.command()
 @config_option
-@click.argument("jti")
-@click.option("--reason", default="", help="Why (kept with the token record).")
-def revoke(config_path: Path, jti: str, reason: str) -> None:
-    """Revoke a token by its id; gateways refuse it on the next connection."""
+@click.argument("jti", required=False)
+@click.option(
+    "--subject", default=None, help="Revoke an identity: all its tokens, gateway and OIDC."
+)
+@click.option(
+    "--issuer",
+    default=None,
+    help="The OIDC issuer URL of the token or subject (default: the gateway; with --subject, "
+    "every issuer).",
+)
+@click.option("--reason", default="", help="Why (kept with the revocation).")
+def revoke(
+    config_path: Path, jti: str | None, subject: str | None, issuer: str | None, reason: str
+) -> None:
+    """Revoke a token by its id, or an identity with --subject; live sessions end too."""
+    from lockgate.identity.revocation import (
+        ANY_ISSUER,
+        ensure_tables,
+        revoke_gateway_subject,
+        revoke_identity,
+    )
+
+    if (jti is None) == (subject is None):
+        fail(
+            "name one token id, or an identity with --subject",
+            "e.g. `lockgate token revoke ID` or `lockgate token revoke --subject ci-deploy`",
+        )
+    with _authority(config_path) as (manifest, authority):
+        ensure_tables(authority.engine)
+        gateway_issuer = manifest.identity.gateway_tokens.issuer
+        oidc_issuers = [i.issuer for i in manifest.identity.oidc]
+        if issuer is not None and issuer not in (gateway_issuer, *oidc_issuers):
+            fail(
+                f"issuer '{issuer}' is not in the manifest",
+                "use an issuer URL listed under identity.oidc, exactly as written there",
+            )
+        if jti is not None:
+            if issuer is None or issuer == gateway_issuer:
+                if not authority.revoke(jti, reason):
+                    fail(
+                        f"no token with id '{jti}'",
+                        "see the ids with `lockgate token list --all`; for an OIDC token "
+                        "add --issuer URL",
+                    )
+            else:
+                revoke_identity(authority.engine, issuer, jti=jti, reason=reason)
+            click.echo(
+                f"Revoked token {jti}. New connections with it are refused, "
+                "and its live sessions end within seconds."
+            )
+            return
+        assert subject is not None
+        count = 0
+        if issuer is None or issuer == gateway_issuer:
+            count = revoke_gateway_subject(authority.engine, subject, reason)
+        if issuer != gateway_issuer:
+            revoke_identity(authority.engine, issuer or ANY_ISSUER, subject=subject, reason=reason)
+    where = "every issuer" if issuer is None else issuer
+    click.echo(
+        f"Revoked identity '{subject}' at {where} ({count} gateway token(s) revoked). "
+        "Its live sessions end within seconds."
+    )
+    if issuer != gateway_issuer:
+        click.echo(f"Undo with: lockgate token restore --subject {subject}", err=True)
+
+
+@token.command()
+@config_option
+@click.option("--subject", required=True, help="The identity whose revocation to lift.")
+@click.option("--issuer", default=None, help="Only the revocation at this issuer.")
+def restore(config_path: Path, subject: str, issuer: str | None) -> None:
+    """Lift an identity's revocation (revoked gateway tokens stay revoked)."""
+    from lockgate.identity.revocation import ensure_tables, lift_subject_revocation
+
     with _authority(config_path) as (_manifest, authority):
-        found = authority.revoke(jti, reason)
-    if not found:
-        fail(f"no token with id '{jti}'", "see the ids with `lockgate token list --all`")
-    click.echo(f"Revoked token {jti}. New connections with it are refused from now on.")
+        ensure_tables(authority.engine)
+        lifted = lift_subject_revocation(authority.engine, subject, issuer)
+    if not lifted:
+        fail(f"identity '{subject}' is not revoked", "nothing to restore")
+    click.echo(f"Restored identity '{subject}': new tokens from its identity provider work again.")
 
 
 @token.command(name="list")

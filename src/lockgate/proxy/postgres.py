@@ -24,6 +24,7 @@ from collections.abc import Callable
 from lockgate.config.model import Listener
 from lockgate.errors import AuditUnavailable, AuthFailed, LockgateError, SecretError
 from lockgate.gate import Gate
+from lockgate.identity.session_limits import SessionVerdict
 from lockgate.model import ClientInfo, Session, SessionEnd
 from lockgate.protocols.postgres import messages as m
 from lockgate.protocols.postgres import sqlstate
@@ -114,6 +115,25 @@ class PostgresEngine:
         self.cancels = cancels
         self.forward_cancel = forward_cancel
         self.sessions: dict[str, PgRelay] = {}
+        # Live sessions and how to end one from outside (token expiry, revocation).
+        self._enders: dict[str, tuple[Session, Callable[[SessionVerdict], None]]] = {}
+
+    async def watch_sessions(self) -> None:
+        """End live sessions whose token expired or was revoked, every `check_interval`."""
+        interval = self.gate.live_sessions.check_interval
+        while True:
+            await asyncio.sleep(interval)
+            if not self._enders:
+                continue
+            try:
+                verdicts = await self.gate.sessions_to_end([s for s, _ in self._enders.values()])
+            except Exception:  # a failed check must not stop the next one
+                log.exception("live session check failed")
+                continue
+            for verdict in verdicts:
+                entry = self._enders.get(verdict.session.id)
+                if entry is not None:
+                    entry[1](verdict)
 
     async def handle(self, client: Endpoint) -> None:
         """Serve one client connection from its first byte to its last."""
@@ -288,7 +308,14 @@ class PostgresEngine:
             if not done.done():
                 done.set_result(reason)
 
+        ended_by: list[SessionVerdict] = []
+
+        def end_now(verdict: SessionVerdict) -> None:
+            ended_by.append(verdict)
+            finished(verdict.message)
+
         relay = PgRelay(self.gate, session, client, up, finished)
+        self._enders[session.id] = (session, end_now)
         client.on_lost = lambda exc: finished(None)
         up.on_lost = lambda exc: finished("upstream closed the connection")
         self.sessions[session.id] = relay
@@ -308,8 +335,23 @@ class PostgresEngine:
             )
         finally:
             self.sessions.pop(session.id, None)
+            self._enders.pop(session.id, None)
             self.cancels.unregister(pid, key)
-        if reason is None:
+        if ended_by:
+            verdict = ended_by[0]
+            end = verdict.end
+            log.info("session %s of %s ended: %s", session.id, session.principal.subject, reason)
+            client.write(
+                m.error_response(
+                    sqlstate.ADMIN_SHUTDOWN,
+                    f"lockgate: session ended: {verdict.message}",
+                    severity="FATAL",
+                    hint="reconnect with a valid token"
+                    if end is not SessionEnd.REVOKED
+                    else "ask an administrator to restore access",
+                )
+            )
+        elif reason is None:
             end = SessionEnd.CLIENT_TERMINATED if relay.terminated else SessionEnd.CLIENT_DISCONNECTED
         elif reason == "gateway shutting down":
             end = SessionEnd.GATEWAY_SHUTDOWN

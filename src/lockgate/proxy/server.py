@@ -60,6 +60,7 @@ class Gateway:
         self._servers: list[asyncio.Server] = []
         self._cancel_server: asyncio.Server | None = None
         self.cancels = CancelRegistry(key_prefix=worker_index)
+        self._watchers: list[asyncio.Task[None]] = []
 
     @property
     def bound_addresses(self) -> list[tuple[str, int]]:
@@ -82,6 +83,7 @@ class Gateway:
             ctx = listener_context(listener, self.manifest)
             engine = PostgresEngine(self.gate, listener, ctx, self.cancels, self._forward_cancel)
             self.engines.append(engine)
+            self._watchers.append(spawn(engine.watch_sessions(), name="session-watch"))
             server = await loop.create_server(
                 lambda engine=engine: _Accepted(engine),
                 listener.host,
@@ -127,6 +129,8 @@ class Gateway:
             s.close()
         if self._cancel_server is not None:
             self._cancel_server.close()
+        for w in self._watchers:
+            w.cancel()
         tasks = running("pg-session")
         for t in tasks:
             t.cancel()
