@@ -28,6 +28,7 @@ import orjson
 from sqlalchemy.engine import Engine
 
 from lockgate.audit import journal
+from lockgate.audit.chain import ChainWriter
 from lockgate.audit.writer import Batch, RecorderStats, StoreWriter, reason
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,9 @@ class JournalIngester:
         self.folder = folder
         self.interval = interval
         self.stats = RecorderStats()
-        self._writer = StoreWriter(engine)
+        # One hash chain per ingester, keyed in the state folder that holds the journals.
+        self.chain = ChainWriter(folder.parent)
+        self._writer = StoreWriter(engine, self.chain)
         self._positions: dict[str, int] = {}
         self._lock_fd = -1
         self._stop = threading.Event()
@@ -74,11 +77,15 @@ class JournalIngester:
         self._writer.disconnect()
 
     # -- running --------------------------------------------------------------------------
-    def ingest_once(self) -> int:
-        """One pass over every journal file; returns the records written."""
+    def ingest_once(self, *, seal: bool = False) -> int:
+        """One pass over every journal file; returns the records written.
+
+        Signs a checkpoint of the chain when one is due, or whenever `seal` is set.
+        """
         written = 0
         for path in sorted(self.folder.glob(f"*{journal.SUFFIX}")):
             written += self._ingest_file(path)
+        self._writer.seal(force=seal)
         return written
 
     def run(self, stop: threading.Event, *, nice: int = 0) -> None:
@@ -99,7 +106,7 @@ class JournalIngester:
                 self._started += 1
                 number = self._started
             try:
-                busy = self.ingest_once()
+                busy = self.ingest_once(seal=stopping)
                 failures = 0
             except Exception as exc:
                 failures += 1
@@ -240,7 +247,7 @@ def catch_up(engine: Engine, folder: Path, timeout: float = 5.0) -> None:
     if not ingester.try_lock():
         return  # a running gateway ingests continuously
     try:
-        while time.monotonic() < deadline and ingester.ingest_once():
+        while time.monotonic() < deadline and ingester.ingest_once(seal=True):
             pass
     except Exception as exc:
         log.warning("could not ingest the audit journal: %s", reason(exc))

@@ -20,9 +20,11 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Table,
     Text,
+    event,
 )
 from sqlalchemy.types import TypeDecorator
 
@@ -144,3 +146,97 @@ journal_positions = Table(
     Column("journal", String(255), primary_key=True),
     Column("position", BigInteger, nullable=False),
 )
+
+# -- the evidence: hash chains over audit events (see chain.py) ------------------------------
+
+# One chain per ingester (per state folder): its name is the fingerprint of the Ed25519 key
+# that signs its checkpoints; `public_key` is the raw 32-byte key, hex.
+audit_chains = Table(
+    "audit_chains",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("public_key", String(64), nullable=False),
+    Column("host", String(255), nullable=False, default=""),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+# One row per event (a session's start or end, a command's start or outcome, a refusal), in
+# the order the ingester wrote them. `digest` is SHA-256 of the event's canonical encoding
+# (recomputed from the session/command/refusal row by `verify`); `hash` chains it to the
+# previous event. `item` is the command's seq (C, F) or the refusal's id (R). `purge` names
+# the checkpoint that sealed the event's removal by retention.
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("chain", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("kind", String(1), nullable=False),
+    Column("session_id", String(64)),
+    Column("item", BigInteger),
+    Column("digest", LargeBinary(32), nullable=False),
+    Column("hash", LargeBinary(32), nullable=False),
+    Column("purge", Integer),
+)
+Index("ix_audit_events_ref", audit_events.c.session_id, audit_events.c.item)
+
+# Signed statements about a chain: `periodic` (the chain reached `seq` with `hash`) and
+# `purge` (events of this chain were removed by retention; `purged`/`purged_digest` name
+# them). `signer` is the chain whose key signed (a purge may run on another host).
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("chain", Integer, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", LargeBinary(32), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("purged", BigInteger, nullable=False, default=0),
+    Column("purged_digest", LargeBinary(32)),
+    Column("signer", Integer, nullable=False),
+    Column("signature", LargeBinary(64), nullable=False),
+)
+Index("ix_audit_checkpoints_chain", audit_checkpoints.c.chain, audit_checkpoints.c.seq)
+
+# Sessions kept past their retention (legal hold).
+audit_holds = Table(
+    "audit_holds",
+    metadata,
+    Column("session_id", String(64), primary_key=True),
+    Column("reason", Text, nullable=False),
+    Column("held_by", String(255), nullable=False),
+    Column("held_at", UTCDateTime, nullable=False),
+)
+
+CHAIN_TABLES = [audit_chains, audit_events, audit_checkpoints, audit_holds]
+
+# Full-text search over statements: an FTS5 table on SQLite (rowid = chain id << 40 | event
+# seq, filled by the ingester in the batch's transaction), a GIN index over
+# `to_tsvector('simple', text)` on PostgreSQL. Both are created if missing.
+FTS_TABLE = "audit_commands_fts"
+SQLITE_FTS = (
+    f"CREATE VIRTUAL TABLE IF NOT EXISTS {FTS_TABLE} USING fts5("
+    "text, session_id UNINDEXED, seq UNINDEXED)"
+)
+PG_FTS = (
+    "DO $$ BEGIN IF to_regclass('commands') IS NOT NULL THEN "
+    "CREATE INDEX IF NOT EXISTS ix_commands_text_tsv ON commands "
+    "USING gin (to_tsvector('simple', text)); END IF; END $$"
+)
+
+
+def create_search_index(conn: Any) -> None:
+    """Create the statement search index for this backend (a SQLAlchemy connection)."""
+    name = conn.dialect.name
+    if name == "sqlite":
+        conn.exec_driver_sql(SQLITE_FTS)
+    elif name == "postgresql":
+        conn.exec_driver_sql(PG_FTS)
+
+
+@event.listens_for(metadata, "after_create")
+def _after_create(_target: Any, connection: Any, **kw: Any) -> None:
+    tables = kw.get("tables")
+    if tables is None or commands in tables or audit_events in tables:
+        create_search_index(connection)

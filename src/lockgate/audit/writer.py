@@ -12,16 +12,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table
 from sqlalchemy.engine import Engine
 
-from lockgate.audit.tables import commands, journal_positions, refusals, sessions
+from lockgate.audit.chain import ChainWriter
+from lockgate.audit.dbapi import insert_sql, marker, update_sql
+from lockgate.audit.tables import CHAIN_TABLES, commands, journal_positions, refusals, sessions
 from lockgate.errors import AuditUnavailable
+from lockgate.store import metadata
 
 log = logging.getLogger(__name__)
 
@@ -99,27 +101,8 @@ class _Statements:
 
     def __init__(self, engine: Engine) -> None:
         dialect = engine.dialect
-        style = dialect.paramstyle
-        if style == "qmark":
-            mark: Callable[[int], str] = lambda _i: "?"  # noqa: E731
-        elif style in ("format", "pyformat"):
-            mark = lambda _i: "%s"  # noqa: E731
-        elif style == "numeric":
-            mark = lambda i: f":{i}"  # noqa: E731
-        else:
-            raise ValueError(f"the audit recorder needs a positional DBAPI paramstyle, not {style}")
+        mark = marker(dialect)
         quote = dialect.identifier_preparer.quote
-
-        def insert(table: Table, columns: Sequence[str]) -> str:
-            names = ", ".join(quote(c) for c in columns)
-            marks = ", ".join(mark(i + 1) for i in range(len(columns)))
-            return f"INSERT INTO {quote(table.name)} ({names}) VALUES ({marks})"
-
-        def update(table: Table, columns: Sequence[str], keys: Sequence[str]) -> str:
-            sets = ", ".join(f"{quote(c)} = {mark(i + 1)}" for i, c in enumerate(columns))
-            n = len(columns)
-            where = " AND ".join(f"{quote(k)} = {mark(n + i + 1)}" for i, k in enumerate(keys))
-            return f"UPDATE {quote(table.name)} SET {sets} WHERE {where}"
 
         self.session_columns = [
             c.name for c in sessions.columns if c.name not in _SESSION_END_COLUMNS
@@ -130,11 +113,16 @@ class _Statements:
             c.name for c in commands.columns if c.name not in _COMMAND_FINISH_COLUMNS
         ] + list(_COMMAND_FINISH_COLUMNS)
         self.refusal_columns = [c.name for c in refusals.columns if c.name != "id"]
-        self.insert_session = insert(sessions, self.session_columns)
-        self.insert_command = insert(commands, self.command_columns)
-        self.insert_refusal = insert(refusals, self.refusal_columns)
-        self.finish_command = update(commands, _COMMAND_FINISH_COLUMNS, ("session_id", "seq"))
-        self.end_session = update(sessions, _SESSION_END_COLUMNS, ("id",))
+        self.finish_columns = [*_COMMAND_FINISH_COLUMNS, "session_id", "seq"]
+        self.end_columns = [*_SESSION_END_COLUMNS, "id"]
+        self.insert_session = insert_sql(dialect, sessions, self.session_columns)
+        self.insert_command = insert_sql(dialect, commands, self.command_columns)
+        self.insert_refusal = insert_sql(dialect, refusals, self.refusal_columns)
+        self.insert_refusal_id = insert_sql(dialect, refusals, self.refusal_columns, "id")
+        self.finish_command = update_sql(
+            dialect, commands, _COMMAND_FINISH_COLUMNS, ("session_id", "seq")
+        )
+        self.end_session = update_sql(dialect, sessions, _SESSION_END_COLUMNS, ("id",))
 
         self.save_position = (
             f"UPDATE {quote(journal_positions.name)} SET {quote('position')} = {mark(1)} "
@@ -164,8 +152,10 @@ def _iso(moment: datetime) -> str:
 class StoreWriter:
     """Synchronous batch writer for one thread: one DBAPI connection, reopened after errors."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, chain: ChainWriter | None = None) -> None:
         self._engine = engine
+        self._chain = chain
+        self._chain_tables = False
         self._sql = _Statements(engine)
         self._dbapi: Any = engine.dialect.dbapi
         ts = commands.c.started_at.type.dialect_impl(engine.dialect).bind_processor(engine.dialect)
@@ -198,9 +188,22 @@ class StoreWriter:
             except FileNotFoundError:
                 raise StoreGone() from None
             self._file_id = (st.st_dev, st.st_ino)
+        chain = self._chain
+        if chain is not None and not self._chain_tables:
+            # Stores created before the chain existed get its tables (and search index).
+            metadata.create_all(self._engine, tables=CHAIN_TABLES)
+            self._chain_tables = True
         self._conn = self._engine.raw_connection()
+        if chain is not None:
+            try:
+                chain.attach(self._conn, self._engine.dialect, self.timestamp)
+            except BaseException:
+                self.disconnect(invalidate=True)
+                raise
 
     def disconnect(self, *, invalidate: bool = False) -> None:
+        if self._chain is not None:
+            self._chain.detach()
         conn, self._conn = self._conn, None
         if conn is None:
             return
@@ -277,31 +280,39 @@ class StoreWriter:
         self._write(Batch(), journal, position)
         return skipped
 
-    def _write(self, batch: Batch, journal: str | None, position: int) -> None:
+    def seal(self, *, force: bool = False) -> None:
+        """Sign a checkpoint of the chain's head if one is due (or `force`d)."""
+        chain = self._chain
+        if chain is None or not chain.attached or not (force or chain.seal_due()):
+            return
+        self._write(Batch(), None, 0, force_seal=True)
+
+    def _write(
+        self, batch: Batch, journal: str | None, position: int, *, force_seal: bool = False
+    ) -> None:
         if self._conn is None:
             self.connect()
         elif self._sqlite_path is not None:
             self._check_file()
         conn = self._conn
         sql = self._sql
+        chain = self._chain
         cur = conn.cursor()
         try:
-            if batch.sess_rows:
-                cur.executemany(sql.insert_session, batch.sess_rows)
-            if batch.cmd_rows:
-                cur.executemany(sql.insert_command, batch.cmd_rows)
-            if batch.refusal_rows:
-                cur.executemany(sql.insert_refusal, batch.refusal_rows)
-            if batch.cmd_updates:
-                cur.executemany(sql.finish_command, batch.cmd_updates)
-            if batch.sess_updates:
-                cur.executemany(sql.end_session, batch.sess_updates)
+            if chain is None:
+                self._write_rows(cur, batch)
+            else:
+                chain.begin()
+                self._write_chained(cur, batch, chain)
+                chain.write(cur, force_seal=force_seal)
             if journal is not None:
                 cur.execute(sql.save_position, (position, journal))
                 if cur.rowcount == 0:
                     cur.execute(sql.add_position, (journal, position))
             conn.commit()
         except BaseException:
+            if chain is not None:
+                chain.rolled_back()
             try:
                 conn.rollback()
             except Exception:
@@ -309,6 +320,69 @@ class StoreWriter:
             raise
         finally:
             cur.close()
+        if chain is not None:
+            chain.committed()
+
+    def _write_rows(self, cur: Any, batch: Batch) -> None:
+        sql = self._sql
+        if batch.sess_rows:
+            cur.executemany(sql.insert_session, batch.sess_rows)
+        if batch.cmd_rows:
+            cur.executemany(sql.insert_command, batch.cmd_rows)
+        if batch.refusal_rows:
+            cur.executemany(sql.insert_refusal, batch.refusal_rows)
+        if batch.cmd_updates:
+            cur.executemany(sql.finish_command, batch.cmd_updates)
+        if batch.sess_updates:
+            cur.executemany(sql.end_session, batch.sess_updates)
+
+    def _write_chained(self, cur: Any, batch: Batch, chain: ChainWriter) -> None:
+        """Write the rows and chain one event per start, outcome, end and refusal."""
+        sql = self._sql
+        if batch.sess_rows:
+            cur.executemany(sql.insert_session, batch.sess_rows)
+            names = sql.session_columns
+            for row in batch.sess_rows:
+                chain.add("S", row[0], None, dict(zip(names, row, strict=True)))
+        if batch.cmd_rows:
+            cur.executemany(sql.insert_command, batch.cmd_rows)
+            names = sql.command_columns
+            for row in batch.cmd_rows:
+                m = dict(zip(names, row, strict=True))
+                chain.add("C", m["session_id"], m["seq"], m)
+                if m["finished_at"] is not None:
+                    chain.add("F", m["session_id"], m["seq"], m)
+        if batch.refusal_rows:
+            names = sql.refusal_columns
+            for row in batch.refusal_rows:
+                cur.execute(sql.insert_refusal_id, row)
+                m = dict(zip(names, row, strict=True))
+                m["id"] = int(cur.fetchone()[0])
+                chain.add("R", None, m["id"], m)
+        for rows, statement, names, kind in (
+            (batch.cmd_updates, sql.finish_command, sql.finish_columns, "F"),
+            (batch.sess_updates, sql.end_session, sql.end_columns, "E"),
+        ):
+            if not rows:
+                continue
+            cur.executemany(statement, rows)
+            applied: list[Row] = list(rows)
+            if cur.rowcount != len(rows):
+                # Some matched no row (an outcome of a command never stored): chain only the
+                # updates that did apply; running them again sets the same values.
+                applied = []
+                for row in rows:
+                    cur.execute(statement, row)
+                    if cur.rowcount == 1:
+                        applied.append(row)
+                    else:
+                        log.warning("audit record skipped (%s of an unknown record)", kind)
+            for row in applied:
+                m = dict(zip(names, row, strict=True))
+                if kind == "F":
+                    chain.add("F", m["session_id"], m["seq"], m)
+                else:
+                    chain.add("E", m["id"], None, m)
 
 
 def unavailable(exc: BaseException, consequence: str) -> AuditUnavailable:

@@ -146,3 +146,25 @@ def test_a_rejected_record_is_skipped_alone(pg_engine: Engine, tmp_path: Path) -
         ("s-1", 1),
         ("s-1", 2),
     ]
+
+
+async def test_chain_verifies_and_names_an_edit_on_postgresql(
+    pg_engine: Engine, tmp_path: Path
+) -> None:
+    from lockgate.audit.verify import verify
+
+    rec = AuditRecorder(pg_engine, tmp_path / "state" / "journal")
+    await rec.start()
+    await rec.session_started(make_session("s-1"))
+    await rec.command_started(make_command("s-1", 1))
+    rec.command_finished("s-1", 1, DONE)
+    await rec.command_started(make_command("s-1", 2, "SELECT 'x'"))
+    rec.session_ended("s-1", SessionEnd.CLIENT_TERMINATED, 1, 2)
+    await rec.connection_refused(REFUSED_FROM, "shop", None, "28P01", "expired")
+    await rec.close()
+    report = verify(pg_engine, tmp_path / "state")
+    assert report.ok, report.findings()
+    assert report.chains[0].events == 6 and report.chains[0].head_checked
+    execute(pg_engine, "UPDATE commands SET params = '[\"43\"]' WHERE seq = 1")
+    (finding,) = verify(pg_engine).findings()
+    assert finding.problem == "altered" and "command #1 of session s-1" in finding.detail

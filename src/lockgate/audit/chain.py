@@ -1,0 +1,476 @@
+"""Hash chains over audit events, and the signed checkpoints that anchor them.
+
+Theory of operation
+-------------------
+The ingester is the only writer of its state folder's records, so it chains them as it
+writes them, in the same transaction. Each *event* (a session's start or end, a command's
+start or outcome, a refused connection) gets a row in `audit_events`:
+
+    digest = SHA-256(canonical encoding of the event, taken from its store row)
+    hash   = SHA-256(previous hash || digest)          (the first link: SHA-256 of the name)
+
+Events, not rows, are chained: a command's row is written at its start and completed with
+its outcome, and both are links. The canonical encoding is a JSON array of the values as
+the store keeps them (timestamps as UTC text to the microsecond, lists as their stored JSON
+text), so `verify` recomputes every digest from the rows it reads back.
+
+Each chain is named after the fingerprint of an Ed25519 key kept in the state folder
+(`audit-signing-key.pem`, mode 0600). Several gateway hosts sharing one PostgreSQL store
+each write their own chain: no coordination between hosts. Every few seconds of activity
+the ingester signs a *checkpoint* (chain, seq, hash); a store-only attacker who rewrites a
+chain from some point on cannot re-sign it. Events after the last checkpoint are anchored by
+the head file (`audit-chain-head.json`) the ingester rewrites after each commit; when the
+ingester finds the store's chain shorter than its head file says, it signs a `break`
+checkpoint that `verify` reports forever.
+
+Retention removes rows but keeps their events, marked with the `purge` checkpoint that
+sealed the removal (it signs how many events of the chain went and a digest over their
+positions and digests), so the chain still verifies across purged records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import stat
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from sqlalchemy import Dialect
+
+from lockgate.audit.dbapi import insert_sql, marker
+from lockgate.audit.tables import (
+    FTS_TABLE,
+    audit_chains,
+    audit_checkpoints,
+    audit_events,
+)
+from lockgate.errors import LockgateError
+
+log = logging.getLogger(__name__)
+
+KEY_FILE = "audit-signing-key.pem"
+HEAD_FILE = "audit-chain-head.json"
+
+# What each event kind's canonical encoding holds, by store column.
+EVENT_FIELDS: dict[str, tuple[str, ...]] = {
+    "S": (
+        "id",
+        "subject",
+        "groups",
+        "principal_kind",
+        "issuer",
+        "token_id",
+        "resource",
+        "protocol",
+        "client_addr",
+        "user_name",
+        "application_name",
+        "started_at",
+    ),
+    "E": ("id", "ended_at", "end_reason", "bytes_from_client", "bytes_to_client", "error"),
+    "C": (
+        "session_id",
+        "seq",
+        "started_at",
+        "text",
+        "kind",
+        "tables",
+        "params",
+        "decision",
+        "rule",
+        "reason",
+    ),
+    "F": (
+        "session_id",
+        "seq",
+        "finished_at",
+        "rows",
+        "status",
+        "error_code",
+        "error_message",
+        "bytes_out",
+        "duration_ms",
+    ),
+    "R": ("id", "at", "client_addr", "protocol", "resource", "subject", "code", "reason"),
+}
+KIND_NAMES = {
+    "S": "session start",
+    "E": "session end",
+    "C": "command",
+    "F": "command outcome",
+    "R": "refused connection",
+}
+_TIMES = frozenset({"started_at", "ended_at", "finished_at", "at"})
+_FLOATS = frozenset({"duration_ms"})
+# Full-text rows are keyed by chain id and event seq: 2**40 events per chain.
+FTS_SHIFT = 40
+
+
+class ChainKeyError(LockgateError):
+    """The audit signing key is unreadable, malformed or readable by other users."""
+
+
+# ---------------------------------------------------------------------- encoding
+
+
+def ts_text(value: Any) -> str | None:
+    """A timestamp as the canonical encoding holds it: naive UTC, to the microsecond."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value  # already the store's own text (SQLite), formatted the same way
+    moment: datetime = value
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment.isoformat(" ", "microseconds")
+
+
+def event_digest(kind: str, row: Mapping[str, Any]) -> bytes:
+    """SHA-256 of an event's canonical encoding, from its row's column values."""
+    values: list[Any] = [kind]
+    for name in EVENT_FIELDS[kind]:
+        v = row[name]
+        if name in _TIMES:
+            v = ts_text(v)
+        elif name in _FLOATS and v is not None:
+            v = float(v)
+        values.append(v)
+    return hashlib.sha256(orjson.dumps(values)).digest()
+
+
+def genesis(name: str) -> bytes:
+    return hashlib.sha256(b"lockgate audit chain\x00" + name.encode()).digest()
+
+
+def link(prev: bytes, digest: bytes) -> bytes:
+    return hashlib.sha256(prev + digest).digest()
+
+
+def purge_digest(events: Sequence[tuple[int, bytes]]) -> bytes:
+    """The digest a purge checkpoint signs over its events: (seq, digest) in seq order."""
+    h = hashlib.sha256()
+    for seq, digest in events:
+        h.update(seq.to_bytes(8, "big") + digest)
+    return h.digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """What a checkpoint signs."""
+
+    chain: str
+    seq: int
+    hash: bytes
+    kind: str
+    at: str
+    signer: str
+    purged: int = 0
+    purged_digest: bytes | None = None
+
+    def message(self) -> bytes:
+        return orjson.dumps(
+            {
+                "v": 1,
+                "chain": self.chain,
+                "seq": self.seq,
+                "hash": self.hash.hex(),
+                "kind": self.kind,
+                "at": self.at,
+                "signer": self.signer,
+                "purged": self.purged,
+                "purged_digest": None if self.purged_digest is None else self.purged_digest.hex(),
+            },
+            option=orjson.OPT_SORT_KEYS,
+        )
+
+    def verify(self, public_key_hex: str, signature: bytes) -> bool:
+        try:
+            Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key_hex)).verify(
+                signature, self.message()
+            )
+        except (InvalidSignature, ValueError):
+            return False
+        return True
+
+
+# ---------------------------------------------------------------------- keys
+
+
+def load_or_create_key(path: Path) -> Ed25519PrivateKey:
+    """The state folder's audit signing key, created (mode 0600) on first use."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # another process created it first: use theirs
+        else:
+            with os.fdopen(fd, "wb") as f:
+                f.write(pem)
+                f.flush()
+                os.fsync(f.fileno())
+            return key
+    if os.name == "posix" and stat.S_IMODE(path.stat().st_mode) & 0o077:
+        raise ChainKeyError(
+            f"audit signing key {path} is accessible by other users",
+            hint=f"restrict it with `chmod 600 {path}`, then retry",
+        )
+    try:
+        loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ChainKeyError(
+            f"audit signing key {path} cannot be read ({type(exc).__name__})",
+            hint="restore it from backup; a new key starts a new chain",
+        ) from None
+    if not isinstance(loaded, Ed25519PrivateKey):
+        raise ChainKeyError(
+            f"audit signing key {path} is not an Ed25519 key",
+            hint="move it away; Lockgate creates a fresh key (and a new chain) on next use",
+        )
+    return loaded
+
+
+def public_hex(key: Ed25519PrivateKey) -> str:
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return raw.hex()
+
+
+def chain_name(public_key_hex: str) -> str:
+    """A chain's name: the first 16 hex digits of SHA-256 of its public key."""
+    return hashlib.sha256(bytes.fromhex(public_key_hex)).hexdigest()[:16]
+
+
+def read_head(path: Path) -> dict[str, Any] | None:
+    try:
+        data = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _write_head(path: Path, name: str, seq: int, hash_: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_bytes(orjson.dumps({"chain": name, "seq": seq, "hash": hash_.hex()}))
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("could not update the audit chain head file %s: %s", path, exc)
+
+
+# ---------------------------------------------------------------------- writing
+
+
+class ChainWriter:
+    """Chains the events of one ingester's transactions (see StoreWriter)."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        checkpoint_seconds: float = 5.0,
+        checkpoint_events: int = 10_000,
+    ) -> None:
+        self.key_path = state_dir / KEY_FILE
+        self.head_path = state_dir / HEAD_FILE
+        self.checkpoint_seconds = checkpoint_seconds
+        self.checkpoint_events = checkpoint_events
+        self._key: Ed25519PrivateKey | None = None
+        self.name = ""
+        self.chain_id = 0
+        self.seq = 0
+        self.hash = b""
+        self._sealed_seq = 0
+        self._sealed_at = 0.0
+        self._attached = False
+        self._events: list[tuple[Any, ...]] = []
+        self._fts: list[tuple[Any, ...]] = []
+        self._head: tuple[int, bytes] = (0, b"")
+        self._sql: dict[str, str] = {}
+        self._sqlite = False
+
+    # -- connection ------------------------------------------------------------------------
+    def attach(self, conn: Any, dialect: Dialect, ts: Any) -> None:
+        """Register this chain in the store (once) and load its head; commits."""
+        if self._key is None:
+            self._key = load_or_create_key(self.key_path)
+        public = public_hex(self._key)
+        self.name = chain_name(public)
+        self._ts = ts
+        self._sqlite = dialect.name == "sqlite"
+        mark = marker(dialect)
+        q = dialect.identifier_preparer.quote
+        self._sql = {
+            "find": f"SELECT id FROM {audit_chains.name} WHERE name = {mark(1)}",
+            "register": insert_sql(
+                dialect, audit_chains, ["name", "public_key", "host", "created_at"]
+            ),
+            "head": f"SELECT seq, {q('hash')} FROM {audit_events.name} WHERE chain = {mark(1)} "
+            "ORDER BY seq DESC LIMIT 1",
+            "at": f"SELECT {q('hash')} FROM {audit_events.name} "
+            f"WHERE chain = {mark(1)} AND seq = {mark(2)}",
+            "sealed": f"SELECT max(seq) FROM {audit_checkpoints.name} "
+            f"WHERE chain = {mark(1)} AND kind = 'periodic'",
+            "event": insert_sql(
+                dialect,
+                audit_events,
+                ["chain", "seq", "kind", "session_id", "item", "digest", "hash"],
+            ),
+            "checkpoint": insert_sql(
+                dialect,
+                audit_checkpoints,
+                ["chain", "seq", "hash", "kind", "at", "purged", "signer", "signature"],
+            ),
+            "fts": f"INSERT INTO {FTS_TABLE} (rowid, text, session_id, seq) "
+            f"VALUES ({mark(1)}, {mark(2)}, {mark(3)}, {mark(4)})",
+        }
+        cur = conn.cursor()
+        try:
+            cur.execute(self._sql["find"], (self.name,))
+            row = cur.fetchone()
+            if row is None:
+                now = time.time()
+                cur.execute(
+                    self._sql["register"], (self.name, public, socket.gethostname(), ts(now))
+                )
+                cur.execute(self._sql["find"], (self.name,))
+                row = cur.fetchone()
+            self.chain_id = int(row[0])
+            cur.execute(self._sql["head"], (self.chain_id,))
+            head = cur.fetchone()
+            self.seq, self.hash = (
+                (int(head[0]), bytes(head[1])) if head else (0, genesis(self.name))
+            )
+            cur.execute(self._sql["sealed"], (self.chain_id,))
+            self._sealed_seq = int(cur.fetchone()[0] or 0)
+            self._sealed_at = time.monotonic()
+            self._check_head_file(cur)
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        finally:
+            cur.close()
+        self._attached = True
+
+    def detach(self) -> None:
+        """Forget the head: it is read again from the store on the next attach."""
+        self._attached = False
+
+    @property
+    def attached(self) -> bool:
+        return self._attached
+
+    def _check_head_file(self, cur: Any) -> None:
+        """Sign a `break` checkpoint if the store lost links this ingester wrote."""
+        head = read_head(self.head_path)
+        if not head or head.get("chain") != self.name:
+            return
+        seq, expected = int(head.get("seq", 0)), str(head.get("hash", ""))
+        found = None
+        if 0 < seq <= self.seq:
+            cur.execute(self._sql["at"], (self.chain_id, seq))
+            row = cur.fetchone()
+            found = bytes(row[0]).hex() if row else None
+        if seq == 0 or found == expected:
+            return
+        log.error(
+            "audit chain %s: the store holds %d events but this host wrote %d; "
+            "records were removed or the store was restored from a backup",
+            self.name,
+            self.seq,
+            seq,
+        )
+        self._sign(cur, "break", seq, bytes.fromhex(expected) if expected else b"\0" * 32)
+
+    # -- one transaction -------------------------------------------------------------------
+    def begin(self) -> None:
+        self._events.clear()
+        self._fts.clear()
+        self._head = (self.seq, self.hash)
+
+    def add(
+        self, kind: str, session_id: str | None, item: int | None, row: Mapping[str, Any]
+    ) -> None:
+        digest = event_digest(kind, row)
+        seq, prev = self._head
+        seq += 1
+        h = link(prev, digest)
+        self._head = (seq, h)
+        self._events.append((self.chain_id, seq, kind, session_id, item, digest, h))
+        if kind == "C" and self._sqlite:
+            self._fts.append(((self.chain_id << FTS_SHIFT) | seq, row["text"], session_id, item))
+
+    def write(self, cur: Any, *, force_seal: bool = False) -> None:
+        """Insert this transaction's events (and a checkpoint when one is due)."""
+        if self._events:
+            cur.executemany(self._sql["event"], self._events)
+        if self._fts:
+            cur.executemany(self._sql["fts"], self._fts)
+        seq, h = self._head
+        due = seq > self._sealed_seq and (
+            force_seal
+            or seq - self._sealed_seq >= self.checkpoint_events
+            or time.monotonic() - self._sealed_at >= self.checkpoint_seconds
+        )
+        if due:
+            self._sign(cur, "periodic", seq, h)
+            self._sealed_pending = seq
+        else:
+            self._sealed_pending = 0
+
+    def seal_due(self) -> bool:
+        return (
+            self._attached
+            and self.seq > self._sealed_seq
+            and (time.monotonic() - self._sealed_at >= self.checkpoint_seconds)
+        )
+
+    def committed(self) -> None:
+        moved = self._head[0] != self.seq
+        self.seq, self.hash = self._head
+        if self._sealed_pending:
+            self._sealed_seq = self._sealed_pending
+            self._sealed_at = time.monotonic()
+            self._sealed_pending = 0
+        self._events.clear()
+        self._fts.clear()
+        if moved:
+            _write_head(self.head_path, self.name, self.seq, self.hash)
+
+    def rolled_back(self) -> None:
+        self._events.clear()
+        self._fts.clear()
+        self._head = (self.seq, self.hash)
+        self._sealed_pending = 0
+
+    def _sign(self, cur: Any, kind: str, seq: int, hash_: bytes) -> None:
+        assert self._key is not None
+        now = time.time()
+        at = ts_text(datetime.fromtimestamp(now, UTC))
+        assert at is not None
+        cp = Checkpoint(self.name, seq, hash_, kind, at, self.name)
+        signature = self._key.sign(cp.message())
+        cur.execute(
+            self._sql["checkpoint"],
+            (self.chain_id, seq, hash_, kind, self._ts(now), 0, self.chain_id, signature),
+        )
+
+    _sealed_pending = 0
+    _ts: Any = None
