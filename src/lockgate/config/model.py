@@ -275,6 +275,30 @@ class Audit(_Strict):
     # fdatasync the audit journal before forwarding each group of commands: survives a power
     # cut, not only a crash of the gateway, at the cost of latency.
     fsync: bool = False
+    # How long records are kept (e.g. 365d) before `lockgate audit purge` deletes them; None
+    # keeps them forever. `resource_retention` overrides it per resource name.
+    retention: str | None = None
+    resource_retention: dict[str, str] = {}
+
+    @field_validator("retention")
+    @classmethod
+    def _retention(cls, v: str | None) -> str | None:
+        if v is not None and parse_duration(v) < 1:
+            raise ValueError("must be at least 1s")
+        return v
+
+    @field_validator("resource_retention")
+    @classmethod
+    def _resource_retention(cls, v: dict[str, str]) -> dict[str, str]:
+        for text in v.values():
+            if parse_duration(text) < 1:
+                raise ValueError("each retention must be at least 1s")
+        return v
+
+    def retention_seconds(self, resource: str) -> int | None:
+        """How long records of `resource` are kept, in seconds (None: forever)."""
+        text = self.resource_retention.get(resource, self.retention)
+        return None if text is None else parse_duration(text)
 
 
 class Manifest(_Strict):
