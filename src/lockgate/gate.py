@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 
 from lockgate.audit.recorder import AuditRecorder
 from lockgate.config.model import Manifest, Resource
+from lockgate.config.ssh import SshResource
 from lockgate.errors import (
     AccessDenied,
     LockgateError,
@@ -37,6 +38,7 @@ from lockgate.model import (
     SessionEnd,
 )
 from lockgate.policy.access import AccessPolicy
+from lockgate.policy.ssh import SshPolicy, SshRequest
 from lockgate.secrets.refs import resolve_secret
 from lockgate.secrets.store import SecretStore
 from lockgate.sql.analyze import Analysis, Analyzer
@@ -45,6 +47,7 @@ from lockgate.store import open_engine
 log = logging.getLogger("lockgate.gate")
 
 ALLOWED = Decision(DecisionKind.ALLOW)
+_NO_SQL = Analysis(statements=())
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +70,7 @@ class Gate:
         self.verifier = IdentityVerifier(verifiers)
         self.live_sessions = LiveSessionPolicy(manifest, engine)
         self.access = AccessPolicy(manifest)
+        self.ssh_policy = SshPolicy(manifest)
         self.secrets = SecretStore.for_manifest(manifest, engine)
         self.analyzer = Analyzer()
         self.audit = AuditRecorder(
@@ -93,10 +97,31 @@ class Gate:
         """The resource and the access rule that allows it; raises UnknownResource/AccessDenied."""
         resource = self.manifest.resource(resource_name)
         if resource is None:
+            if isinstance(self.manifest.target(resource_name), SshResource):
+                raise UnknownResource(
+                    f"resource '{resource_name}' is an SSH host, not a database",
+                    hint=f"reach it with: ssh -p PORT NAME#{resource_name}@GATEWAY",
+                )
             raise UnknownResource(
                 f"resource '{resource_name}' does not exist on this gateway",
                 hint="set dbname to the name of a resource you were given access to",
             )
+        return resource, self._access(principal, resource_name)
+
+    def authorize_ssh(
+        self, principal: Principal, resource_name: str
+    ) -> tuple[SshResource, Decision]:
+        """The SSH resource and the access rule that allows it (see `authorize`)."""
+        resource = self.manifest.target(resource_name)
+        if not isinstance(resource, SshResource):
+            what = "is a database, not an SSH host" if resource else "does not exist here"
+            raise UnknownResource(
+                f"resource '{resource_name}' {what}",
+                hint="log in as NAME#RESOURCE with the name of an SSH resource you may reach",
+            )
+        return resource, self._access(principal, resource_name)
+
+    def _access(self, principal: Principal, resource_name: str) -> Decision:
         decision = self.access.check(principal, resource_name)
         if not decision.allowed:
             raise AccessDenied(
@@ -104,7 +129,7 @@ class Gate:
                 hint="ask an administrator for an access rule, or for a grant",
                 rule=decision.rule,
             )
-        return resource, decision
+        return decision
 
     def credential(self, resource: Resource) -> str | None:
         """The upstream secret for `resource` (None when it has none); raises SecretError."""
@@ -114,7 +139,7 @@ class Gate:
         return resolve_secret(ref, self.manifest, self.secrets)
 
     async def open_session(
-        self, principal: Principal, resource: Resource, client: ClientInfo
+        self, principal: Principal, resource: Resource | SshResource, client: ClientInfo
     ) -> Session:
         """Record the start of a session (durably) and return it; raises AuditUnavailable."""
         session = Session(
@@ -168,6 +193,18 @@ class Gate:
             decision=ALLOWED,
         )
         return Admission(command, analysis)
+
+    def admit_ssh(self, session: Session, seq: int, request: SshRequest, kind: str) -> Admission:
+        """Decide on an SSH request (exec, shell line, subsystem, file, forward).
+
+        Never raises: the command carries the decision. Record it with `record` either way;
+        forward it only when `command.decision.allowed`, else refuse it natively.
+        """
+        decision = self.ssh_policy.decide(session.principal, session.resource, request)
+        command = Command(
+            session_id=session.id, seq=seq, text=request.text, kind=kind, decision=decision
+        )
+        return Admission(command, _NO_SQL)
 
     def record(self, admissions: list[Admission]) -> asyncio.Future[None] | None:
         """Write admitted commands to the audit trail before they are forwarded.

@@ -11,7 +11,7 @@ import click
 
 from lockgate.cli.common import config_option
 from lockgate.config.loader import load_manifest
-from lockgate.config.model import Manifest
+from lockgate.config.model import Listener, Manifest, Resource
 from lockgate.errors import ConfigError, SecretError
 from lockgate.secrets.refs import parse_ref
 
@@ -72,6 +72,8 @@ def warnings(manifest: Manifest) -> list[str]:
         out.append("no resources: there is nothing to reach; add one under resources:")
     for i, lst in enumerate(manifest.listeners):
         where = f"listeners[{i}] ({lst.name}, {lst.address})"
+        if not isinstance(lst, Listener):
+            continue  # SSH listeners need no TLS: SSH encrypts and has its own host key
         if not lst.tls.enabled:
             exposure = "" if _is_loopback(lst.host) else " over the network"
             out.append(
@@ -89,8 +91,15 @@ def warnings(manifest: Manifest) -> list[str]:
                 out.append(f"{where}: tls.{key} file not found: {manifest.path(p)}")
 
     for i, res in enumerate(manifest.resources):
-        up = res.upstream
         where = f"resources[{i}] ({res.name})"
+        if not isinstance(res, Resource):
+            if not _reachable(manifest, res.name):
+                out.append(
+                    f"{where}: no access rule lets anyone reach it; add one under access: "
+                    f"with resources: [{res.name}] and subjects or groups"
+                )
+            continue
+        up = res.upstream
         mode = up.tls.mode
         if mode in ("disable", "prefer", "require") and not _is_loopback(up.host):
             what = {

@@ -19,9 +19,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from lockgate.config.model import AccessRule, Listener, Manifest, Resource
+from lockgate.config.model import (
+    AccessRule,
+    AnyListener,
+    AnyResource,
+    Listener,
+    Manifest,
+    Resource,
+)
+from lockgate.config.ssh import SshListener, SshResource
 from lockgate.errors import ConfigError, SecretError
 from lockgate.secrets.refs import parse_ref
 
@@ -137,19 +145,38 @@ def _syntax_message(exc: yaml.MarkedYAMLError, source_name: str) -> str:
 # Schema errors (pydantic) -> problems
 
 
+# Tags pydantic puts in an error's location for a listener's `protocol` / a resource's `type`.
+_TAGGED_SECTIONS: dict[str, dict[str, type[BaseModel]]] = {
+    "listeners": {"postgres": Listener, "ssh": SshListener},
+    "resources": {"postgres": Resource, "ssh": SshResource},
+}
+
+
 def _schema_problems(exc: ValidationError) -> Iterable[Problem]:
     for err in exc.errors(include_url=False):
         loc: Loc = tuple(err["loc"])
+        tagged = _TAGGED_SECTIONS.get(str(loc[0])) if len(loc) > 2 else None
+        if tagged and isinstance(loc[1], int) and loc[2] in tagged:
+            model = tagged[str(loc[2])]
+            loc = (loc[0], loc[1], *loc[3:])
+            yield Problem(loc, _describe(err, loc, model))
+            continue
+        if err["type"] == "union_tag_invalid" and len(loc) == 2 and str(loc[0]) in _TAGGED_SECTIONS:
+            key = "protocol" if loc[0] == "listeners" else "type"
+            yield Problem(
+                (*loc, key), f"expected one of: {', '.join(_TAGGED_SECTIONS[str(loc[0])])}"
+            )
+            continue
         yield Problem(loc, _describe(err, loc))
 
 
-def _describe(err: Any, loc: Loc) -> str:
+def _describe(err: Any, loc: Loc, item: type[BaseModel] | None = None) -> str:
     kind: str = err["type"]
     value = err.get("input")
     if kind == "missing":
         return "required key is missing"
     if kind == "extra_forbidden":
-        allowed = _allowed_keys(loc[:-1])
+        allowed = _allowed_keys(loc[:-1], item)
         if not allowed:
             return "unknown key"
         close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
@@ -186,16 +213,19 @@ def _is_sensitive(loc: Loc) -> bool:
     return bool(keys) and any(s in keys[-1] for s in _SENSITIVE)
 
 
-def _allowed_keys(loc: Loc) -> list[str]:
-    """The keys the model at `loc` accepts (empty when `loc` is not a model)."""
-    model = _model_at(loc)
+def _allowed_keys(loc: Loc, item: type[BaseModel] | None = None) -> list[str]:
+    """The keys the model at `loc` accepts (empty when `loc` is not a model).
+
+    `item`: the model of a tagged list item (`loc[:2]`), when the error named it.
+    """
+    model = _model_at(loc[2:], item) if item is not None else _model_at(loc)
     if model is None:
         return []
     return [name for name, f in model.model_fields.items() if not f.exclude]
 
 
-def _model_at(loc: Loc) -> type[BaseModel] | None:
-    tp: Any = Manifest
+def _model_at(loc: Loc, root: type[BaseModel] = Manifest) -> type[BaseModel] | None:
+    tp: Any = root
     for part in loc:
         tp = _strip_optional(tp)
         if isinstance(part, int):
@@ -284,8 +314,8 @@ def semantic_problems(manifest: Manifest) -> list[Problem]:
 
 def _partial_semantic(data: dict[str, Any]) -> list[Problem]:
     """Semantic checks on the entries that are valid by themselves, when the whole is not."""
-    listeners = _valid_items(data.get("listeners"), Listener)
-    resources = _valid_items(data.get("resources"), Resource)
+    listeners = _valid_union_items(data.get("listeners"), TypeAdapter(AnyListener))
+    resources = _valid_union_items(data.get("resources"), TypeAdapter(AnyResource))
     access = _valid_items(data.get("access"), AccessRule)
     # Names of entries that failed validation still count for uniqueness and references.
     names = {section: _raw_names(data.get(section)) for section in _NAMED_SECTIONS}
@@ -313,9 +343,24 @@ def _valid_items(raw: object, model: type[M]) -> list[tuple[int, M]]:
     return out
 
 
+T = TypeVar("T")
+
+
+def _valid_union_items(raw: object, adapter: TypeAdapter[T]) -> list[tuple[int, T]]:
+    if not isinstance(raw, list):
+        return []
+    out: list[tuple[int, T]] = []
+    for i, item in enumerate(raw):
+        try:
+            out.append((i, adapter.validate_python(item)))
+        except ValidationError:
+            continue
+    return out
+
+
 def _semantic(
-    listeners: list[tuple[int, Listener]],
-    resources: list[tuple[int, Resource]],
+    listeners: list[tuple[int, Listener | SshListener]],
+    resources: list[tuple[int, Resource | SshResource]],
     access: list[tuple[int, AccessRule]],
     names: dict[str, list[tuple[int, str]]],
 ) -> list[Problem]:
@@ -326,6 +371,8 @@ def _semantic(
     resource_names = list(dict.fromkeys(name for _, name in names["resources"]))
 
     for i, lst in listeners:
+        if not isinstance(lst, Listener):
+            continue
         tls = lst.tls
         if tls.cert is not None and tls.key is None:
             problems.append(
@@ -359,13 +406,16 @@ def _semantic(
             problems.append(Problem(("access", i, "resources", j), msg))
 
     for i, res in resources:
-        ref = res.upstream.password
-        if ref is None:
-            continue
-        try:
-            parse_ref(ref)
-        except SecretError as exc:
-            problems.append(Problem(("resources", i, "upstream", "password"), exc.message))
+        refs = {"password": res.upstream.password}
+        if isinstance(res, SshResource):
+            refs |= {"private_key": res.upstream.private_key, "passphrase": res.upstream.passphrase}
+        for key, ref in refs.items():
+            if ref is None:
+                continue
+            try:
+                parse_ref(ref)
+            except SecretError as exc:
+                problems.append(Problem(("resources", i, "upstream", key), exc.message))
     return problems
 
 
@@ -387,7 +437,9 @@ def _unique(section: str, names: Sequence[tuple[int, str]], what: str) -> list[P
     return out
 
 
-def _listener_addresses(listeners: Sequence[tuple[int, Listener]]) -> list[Problem]:
+def _listener_addresses(
+    listeners: Sequence[tuple[int, Listener | SshListener]],
+) -> list[Problem]:
     out: list[Problem] = []
     for n, (i, lst) in enumerate(listeners):
         for j, other in listeners[:n]:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
+
+from lockgate.config.ssh import SshListener, SshResource, SshSettings
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _DURATION = re.compile(r"^(\d+)([smhd])$")
@@ -112,6 +114,25 @@ class Resource(_Strict):
         if not _NAME.match(v):
             raise ValueError("letters, digits, '_', '.', '-' only, at most 63 characters")
         return v
+
+
+def _kind(key: str) -> Any:
+    """A discriminator reading `key` (default `postgres`) from raw data or a model."""
+
+    def pick(v: Any) -> str:
+        found = v.get(key, "postgres") if isinstance(v, dict) else getattr(v, key, "postgres")
+        return found if isinstance(found, str) else "postgres"
+
+    return Discriminator(pick)
+
+
+# A listener is PostgreSQL unless it says `protocol: ssh`; a resource unless `type: ssh`.
+AnyListener = Annotated[
+    Annotated[Listener, Tag("postgres")] | Annotated[SshListener, Tag("ssh")], _kind("protocol")
+]
+AnyResource = Annotated[
+    Annotated[Resource, Tag("postgres")] | Annotated[SshResource, Tag("ssh")], _kind("type")
+]
 
 
 class AccessRule(_Strict):
@@ -304,16 +325,25 @@ class Audit(_Strict):
 class Manifest(_Strict):
     version: Literal[1] = 1
     state: State = State()
-    listeners: list[Listener] = [Listener()]
+    listeners: list[AnyListener] = [Listener()]
     identity: Identity = Identity()
-    resources: list[Resource] = []
+    resources: list[AnyResource] = []
     access: list[AccessRule] = []
     audit: Audit = Audit()
+    ssh: SshSettings = SshSettings()
 
     # Set by the loader, not by the YAML: the directory relative paths resolve against.
     base_dir: Path = Field(default=Path("."), exclude=True)
 
     def resource(self, name: str) -> Resource | None:
+        """The PostgreSQL resource called `name` (see `target` for any type)."""
+        for r in self.resources:
+            if r.name == name and isinstance(r, Resource):
+                return r
+        return None
+
+    def target(self, name: str) -> Resource | SshResource | None:
+        """The resource called `name`, whatever its type."""
         for r in self.resources:
             if r.name == name:
                 return r

@@ -20,9 +20,11 @@ from pathlib import Path
 
 from lockgate.audit.ingest import JournalIngester
 from lockgate.config.model import Manifest
+from lockgate.config.ssh import SshListener
 from lockgate.gate import Gate
 from lockgate.proxy.endpoint import Endpoint
 from lockgate.proxy.postgres import CancelRegistry, PostgresEngine
+from lockgate.proxy.ssh import SshEngine, ensure_host_key
 from lockgate.proxy.tls import listener_context
 from lockgate.store import open_engine
 from lockgate.tasks import running, spawn
@@ -57,6 +59,7 @@ class Gateway:
         self.reuse_port = reuse_port
         self.gate: Gate | None = None
         self.engines: list[PostgresEngine] = []
+        self.ssh_engines: list[SshEngine] = []
         self._servers: list[asyncio.Server] = []
         self._cancel_server: asyncio.Server | None = None
         self.cancels = CancelRegistry(key_prefix=worker_index)
@@ -80,6 +83,11 @@ class Gateway:
         self.gate = Gate.from_manifest(self.manifest, ingest=self.ingest)
         await self.gate.start()
         for listener in self.manifest.listeners:
+            if isinstance(listener, SshListener):
+                ssh = SshEngine(self.gate, listener)
+                await ssh.start(reuse_port=self.reuse_port)
+                self.ssh_engines.append(ssh)
+                continue
             ctx = listener_context(listener, self.manifest)
             engine = PostgresEngine(self.gate, listener, ctx, self.cancels, self._forward_cancel)
             self.engines.append(engine)
@@ -136,6 +144,8 @@ class Gateway:
             t.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=5)
+        for ssh in self.ssh_engines:
+            await ssh.stop()
         if self.gate is not None:
             await self.gate.close()
         if self.reuse_port:
@@ -161,6 +171,13 @@ async def _serve_until_signalled(gateway: Gateway, announce: bool) -> None:
     if announce:
         for host, port in gateway.bound_addresses:
             print(f"lockgate: listening on {host}:{port} (postgres)", file=sys.stderr, flush=True)
+        for ssh in gateway.ssh_engines:
+            for host, port in ssh.bound_addresses:
+                print(
+                    f"lockgate: listening on {host}:{port} (ssh, host key {ssh.fingerprint})",
+                    file=sys.stderr,
+                    flush=True,
+                )
     await stop.wait()
     await gateway.stop()
 
@@ -188,6 +205,9 @@ def run_gateway(manifest: Manifest, workers: int | None = None) -> int:
     engine = open_engine(manifest.state_url)  # creates the tables before workers start
     engine.dispose()
     for listener in manifest.listeners:
+        if isinstance(listener, SshListener):
+            ensure_host_key(listener, manifest)  # generated once, before the workers fork
+            continue
         # Workers would race to create the self-signed certificate, and one could
         # read another's half-written file: create it once, here.
         listener_context(listener, manifest)

@@ -1,0 +1,265 @@
+"""SSH guardrails: may this principal run this command, open this file, forward this port?
+
+Pure: requests are described by `SshRequest` (no bytes, no sockets). The manifest's
+`ssh.rules` are tried in order and the first rule that matches the principal, the resource
+and the request decides. Without a matching rule, commands, subsystems and file operations
+are allowed and forwarding is refused.
+
+Commands are split the way a POSIX shell would split them (`shlex` with shell punctuation):
+`a; b && c | d` is four simple commands, each checked on its own; leading `VAR=x`
+assignments and wrappers such as `sudo`, `env`, `nohup`, `timeout` are looked through, and
+`sh -c '...'` and `$(...)` are parsed recursively. This is best effort: a shell can always
+build a command at run time (`$x`, `eval`, scripts), which no gateway can see in advance.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import shlex
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+from lockgate.config.model import Manifest
+from lockgate.config.ssh import SshRule
+from lockgate.model import Decision, DecisionKind, Principal
+
+ALLOW = Decision(DecisionKind.ALLOW)
+
+_OPERATORS = frozenset("();<>|&")
+_REDIRECTIONS = frozenset({"<", ">", ">>", "<<", "<<<", "<>", ">|", "&>", "&>>", ">&", "<&"})
+_SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "ash", "busybox"})
+# Programs that run their arguments as a command.
+_WRAPPERS = frozenset(
+    "sudo env nohup nice time exec command timeout doas setsid stdbuf ionice xargs builtin".split()
+)
+_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+_SUBSTITUTION = re.compile(r"\$\(([^()]*)\)|`([^`]*)`")
+_MAX_DEPTH = 4
+
+Argv = tuple[str, ...]
+
+
+class Unparsable(ValueError):
+    """The command text is not valid shell syntax (e.g. an unbalanced quote)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SshRequest:
+    """Something an SSH client asks for, as policy sees it."""
+
+    kind: str  # exec, shell-line, subsystem, file, forward
+    text: str = ""
+    subsystem: str = ""
+    path: str = ""
+    direction: str = ""  # download, upload, modify, list
+    forwarding: str = ""  # local, remote, agent, x11
+    destination: str = ""  # HOST:PORT
+
+
+def split_commands(text: str, depth: int = 0) -> list[Argv]:
+    """The simple commands in a shell command line, wrappers looked through."""
+    lexer = shlex.shlex(text, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    lexer.commenters = ""
+    try:
+        tokens = list(lexer)
+    except ValueError as exc:
+        raise Unparsable(str(exc)) from None
+    commands: list[Argv] = []
+    current: list[str] = []
+    skip_next = False
+    for tok in tokens:
+        if skip_next:
+            skip_next = False
+            continue
+        if tok and set(tok) <= _OPERATORS:
+            if tok in _REDIRECTIONS or tok.rstrip("&") in _REDIRECTIONS:
+                skip_next = True  # the file name after a redirection is not an argument
+                continue
+            if current:
+                commands.append(tuple(current))
+            current = []
+            continue
+        current.append(tok)
+    if current:
+        commands.append(tuple(current))
+    out: list[Argv] = []
+    for argv in commands:
+        out.extend(_unwrap(argv, depth))
+    if depth < _MAX_DEPTH:
+        for m in _SUBSTITUTION.finditer(text):
+            inner = m.group(1) if m.group(1) is not None else m.group(2)
+            out.extend(split_commands(inner, depth + 1))
+    return out
+
+
+def _unwrap(argv: Argv, depth: int) -> list[Argv]:
+    args = list(argv)
+    while args and _ASSIGNMENT.match(args[0]):
+        args.pop(0)
+    if not args:
+        return []
+    found: list[Argv] = [tuple(args)]
+    prog = posixpath.basename(args[0])
+    if prog in _WRAPPERS and len(args) > 1:
+        rest = args[1:]
+        # Skip the wrapper's options and assignments (and a value after -u/-n/-g/-C...).
+        while rest and (rest[0].startswith("-") or _ASSIGNMENT.match(rest[0])):
+            opt = rest.pop(0)
+            if opt in ("-u", "-g", "-n", "-C", "-p", "-s", "-c", "-D", "-U", "-h") and rest:
+                rest.pop(0)
+        if prog == "timeout" and rest:
+            rest.pop(0)  # the duration
+        if rest:
+            found.extend(_unwrap(tuple(rest), depth))
+    elif prog in _SHELLS and depth < _MAX_DEPTH:
+        for i, a in enumerate(args[1:-1], start=1):
+            if a.startswith("-") and "c" in a[1:]:
+                found.extend(split_commands(args[i + 1], depth + 1))
+                break
+    return found
+
+
+def _argv_matches(pattern: Argv, argv: Argv) -> bool:
+    prog = argv[0]
+    if not (fnmatchcase(posixpath.basename(prog), pattern[0]) or fnmatchcase(prog, pattern[0])):
+        return False
+    return all(any(fnmatchcase(a, p) for a in argv[1:]) for p in pattern[1:])
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    rule: SshRule
+    resources: frozenset[str]
+    subjects: frozenset[str]
+    groups: frozenset[str]
+    commands: tuple[Argv, ...]
+
+    def applies(self, principal: Principal, resource: str) -> bool:
+        if "*" not in self.resources and resource not in self.resources:
+            return False
+        if not self.subjects and not self.groups:
+            return True
+        return (
+            "*" in self.subjects
+            or principal.subject in self.subjects
+            or not self.groups.isdisjoint(principal.groups)
+        )
+
+    def decision(self, what: str) -> Decision:
+        kind = DecisionKind.ALLOW if self.rule.action == "allow" else DecisionKind.DENY
+        reason = self.rule.message or f"rule '{self.rule.name}' {self.rule.action}s {what}"
+        return Decision(kind, rule=self.rule.name, reason=reason)
+
+
+def _compile(rule: SshRule) -> _Rule:
+    patterns = []
+    for text in rule.commands:
+        words = tuple(shlex.split(text))
+        if words:
+            patterns.append(words)
+    return _Rule(
+        rule=rule,
+        resources=frozenset(rule.resources),
+        subjects=frozenset(rule.subjects),
+        groups=frozenset(rule.groups),
+        commands=tuple(patterns),
+    )
+
+
+class SshPolicy:
+    """Decides on SSH requests from the manifest's `ssh.rules`."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self._rules = tuple(_compile(r) for r in manifest.ssh.rules)
+
+    def decide(self, principal: Principal, resource: str, request: SshRequest) -> Decision:
+        rules = [r for r in self._rules if r.applies(principal, resource)]
+        if request.kind in ("exec", "shell-line"):
+            return self._command(rules, request)
+        if request.kind == "subsystem":
+            for r in rules:
+                if any(fnmatchcase(request.subsystem, p) for p in r.rule.subsystems):
+                    return r.decision(f"subsystem '{request.subsystem}'")
+            return ALLOW
+        if request.kind == "file":
+            return self._file(rules, request)
+        if request.kind == "forward":
+            return self._forward(rules, request)
+        return ALLOW
+
+    def has_command_rules(self, principal: Principal, resource: str) -> bool:
+        """Whether typed shell lines need checking at all for this session."""
+        return any(
+            r.commands and r.rule.action == "deny"
+            for r in self._rules
+            if r.applies(principal, resource)
+        )
+
+    def _command(self, rules: list[_Rule], request: SshRequest) -> Decision:
+        with_commands = [r for r in rules if r.commands]
+        if not with_commands:
+            return ALLOW
+        try:
+            simple = split_commands(request.text)
+        except Unparsable:
+            if request.kind == "shell-line":
+                return ALLOW  # best effort: a half-typed line is no command yet
+            deny = next((r for r in with_commands if r.rule.action == "deny"), None)
+            if deny is None:
+                return ALLOW
+            return Decision(
+                DecisionKind.DENY,
+                rule=deny.rule.name,
+                reason="the command is not valid shell syntax (unbalanced quotes?), so rule "
+                f"'{deny.rule.name}' cannot be checked; it is refused",
+            )
+        for argv in simple:
+            for r in with_commands:
+                if any(_argv_matches(p, argv) for p in r.commands):
+                    d = r.decision(f"'{shlex.join(argv)[:200]}'")
+                    if not d.allowed:
+                        return d
+                    break
+        return ALLOW
+
+    def _file(self, rules: list[_Rule], request: SshRequest) -> Decision:
+        path = request.path
+        normal = posixpath.normpath(path) if path else path
+        for r in rules:
+            rule = r.rule
+            if not (rule.paths or rule.directions):
+                continue
+            if rule.directions and request.direction not in rule.directions:
+                continue
+            if rule.paths and not any(
+                fnmatchcase(path, p) or fnmatchcase(normal, p) or fnmatchcase(normal + "/", p)
+                for p in rule.paths
+            ):
+                continue
+            return r.decision(f"{request.direction} of '{path}'")
+        return ALLOW
+
+    def _forward(self, rules: list[_Rule], request: SshRequest) -> Decision:
+        for r in rules:
+            rule = r.rule
+            if request.forwarding not in rule.forwarding:
+                continue
+            if rule.destinations and not any(
+                fnmatchcase(request.destination, d) for d in rule.destinations
+            ):
+                continue
+            return r.decision(f"{request.forwarding} forwarding")
+        what = {
+            "local": "port forwarding (-L)",
+            "remote": "remote forwarding (-R)",
+            "agent": "agent forwarding (-A)",
+            "x11": "X11 forwarding (-X)",
+        }
+        return Decision(
+            DecisionKind.DENY,
+            rule="",
+            reason=f"{what.get(request.forwarding, 'forwarding')} is off on this gateway; "
+            "ask an administrator for an ssh rule that allows it",
+        )

@@ -1,0 +1,373 @@
+"""The SSH engine: authenticate with a token, log in to the target, relay channels.
+
+Theory of operation
+-------------------
+Clients connect with plain OpenSSH as `ssh -p PORT NAME#RESOURCE@GATEWAY`. NAME is only
+recorded (the token says who the user is); RESOURCE names an `type: ssh` resource. The
+token is the password, or the answer to the keyboard-interactive prompt.
+
+1. Authentication (`_login`): the gate verifies the token, checks access to the resource,
+   loads the target's credential, and records the session before the gateway logs in to
+   the target (`ssh_upstream.connect_target`: stored key or password, pinned host key, no
+   agent). Any refusal is shown to the client as an SSH banner naming the reason, recorded,
+   and ends the connection (`Received disconnect ...: lockgate: ...`).
+2. Channels: each session channel is a `ChannelRelay` (shell, exec, subsystem). Port, agent
+   and X11 forwarding are refused unless an `ssh.rules` entry allows them; an allowed `-L`
+   channel is opened from the *target* (never from the gateway's network) and recorded.
+3. The end: when the client or the target goes away, the other side is closed and the
+   session record is completed with the bytes each way.
+
+Every refusal goes through `_refuse`, the one place that maps an error to its code, banner
+and audit record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import asyncssh
+
+from lockgate.config.model import Manifest
+from lockgate.config.ssh import SshListener
+from lockgate.errors import (
+    AccessDenied,
+    AuditUnavailable,
+    AuthFailed,
+    LockgateError,
+    SecretError,
+    UnknownResource,
+    UpstreamError,
+)
+from lockgate.gate import Gate
+from lockgate.model import ClientInfo, ResultSummary, SessionEnd
+from lockgate.policy.ssh import SshRequest
+from lockgate.proxy.ssh_channel import ChannelRelay, SshContext
+from lockgate.proxy.ssh_upstream import connect_target, load_credentials
+from lockgate.tasks import spawn
+
+log = logging.getLogger("lockgate.ssh")
+
+LOGIN_FORM = "NAME#RESOURCE"
+
+# Refusal codes in the audit trail, by error kind (the SSH counterpart of SQLSTATEs).
+_CODES: tuple[tuple[type[LockgateError], str], ...] = (
+    (AuthFailed, "auth_failed"),
+    (UnknownResource, "unknown_resource"),
+    (AccessDenied, "access_denied"),
+    (AuditUnavailable, "audit_unavailable"),
+    (UpstreamError, "upstream_error"),
+    (SecretError, "credential_error"),
+)
+
+
+def refusal_code(error: LockgateError) -> str:
+    for kind, code in _CODES:
+        if isinstance(error, kind):
+            return code
+    return "refused"
+
+
+def host_key_path(listener: SshListener, manifest: Manifest) -> Path:
+    """The listener's host key file: the configured one, or a generated one in the state dir."""
+    if listener.host_key is not None:
+        return manifest.path(listener.host_key)
+    return manifest.state_dir / f"ssh-host-key-{listener.name}"
+
+
+def ensure_host_key(listener: SshListener, manifest: Manifest) -> asyncssh.SSHKey:
+    """Load the listener's host key, generating (and keeping) an Ed25519 key when absent."""
+    path = host_key_path(listener, manifest)
+    if not path.exists() and listener.host_key is None:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = asyncssh.generate_private_key("ssh-ed25519", comment="lockgate")
+        tmp = path.with_suffix(".tmp")
+        key.write_private_key(str(tmp))
+        tmp.chmod(0o600)
+        tmp.replace(path)
+        key.write_public_key(str(path) + ".pub")
+    try:
+        return asyncssh.read_private_key(str(path))
+    except (OSError, asyncssh.KeyImportError) as exc:
+        raise LockgateError(
+            f"cannot load the SSH host key of listener '{listener.name}' from {path}",
+            hint="point listeners[].host_key at an OpenSSH private key, or remove it to "
+            "let the gateway generate one",
+        ) from exc
+
+
+class SshEngine:
+    """Serves SSH clients on one listener."""
+
+    def __init__(self, gate: Gate, listener: SshListener) -> None:
+        self.gate = gate
+        self.listener = listener
+        self.host_key = ensure_host_key(listener, gate.manifest)
+        self.acceptor: asyncssh.SSHAcceptor | None = None
+        self.connections: set[_GatewayServer] = set()
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.host_key.get_fingerprint("sha256"))
+
+    async def start(self, *, reuse_port: bool = False) -> None:
+        self.acceptor = await asyncssh.create_server(
+            lambda: _GatewayServer(self),
+            self.listener.host,
+            self.listener.port,
+            server_host_keys=[self.host_key],
+            server_version="Lockgate",
+            login_timeout=self.listener.startup_timeout_seconds,
+            agent_forwarding=False,
+            x11_forwarding=False,
+            allow_scp=False,
+            password_auth=True,
+            kbdint_auth=True,
+            public_key_auth=False,
+            encoding=None,
+            reuse_port=reuse_port or None,
+            backlog=1024,
+        )
+
+    @property
+    def bound_addresses(self) -> list[tuple[str, int]]:
+        if self.acceptor is None:
+            return []
+        return [(str(a[0]), int(a[1])) for a in self.acceptor.get_addresses()]
+
+    async def stop(self) -> None:
+        if self.acceptor is not None:
+            self.acceptor.close()
+        live = list(self.connections)
+        for server in live:
+            server.shutdown()
+        for server in live:
+            if server.conn is not None:
+                try:
+                    await asyncio.wait_for(server.conn.wait_closed(), 5)
+                except TimeoutError:
+                    server.conn.abort()
+
+
+class _GatewayServer(asyncssh.SSHServer):
+    """One client connection: authentication, then the channels it opens."""
+
+    def __init__(self, engine: SshEngine) -> None:
+        self.engine = engine
+        self.gate = engine.gate
+        self.conn: asyncssh.SSHServerConnection | None = None
+        self.ctx: SshContext | None = None
+        self.info = ClientInfo(address="", protocol="ssh")
+        self.ending: SessionEnd | None = None
+
+    # -- connection -------------------------------------------------------------------------
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.conn = conn
+        self.engine.connections.add(self)
+        peer = conn.get_extra_info("peername")
+        address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
+        self.info = ClientInfo(address=address, protocol="ssh")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.engine.connections.discard(self)
+        ctx = self.ctx
+        if ctx is None:
+            return
+        self.ctx = None
+        ctx.upstream.close()
+        end = self.ending or (
+            SessionEnd.CLIENT_DISCONNECTED if exc else SessionEnd.CLIENT_TERMINATED
+        )
+        error = (
+            None
+            if end in (SessionEnd.CLIENT_TERMINATED, SessionEnd.CLIENT_DISCONNECTED)
+            else (
+                "the target closed the connection"
+                if end is SessionEnd.UPSTREAM_CLOSED
+                else end.value
+            )
+        )
+        self.gate.end_session(ctx.session, end, ctx.bytes_in, ctx.bytes_out, error)
+
+    def shutdown(self) -> None:
+        self.ending = SessionEnd.GATEWAY_SHUTDOWN
+        if self.conn is not None:
+            self.conn.disconnect(
+                asyncssh.DISC_BY_APPLICATION, "lockgate: the gateway is shutting down"
+            )
+
+    # -- authentication ---------------------------------------------------------------------
+    def begin_auth(self, username: str) -> bool:
+        assert self.conn is not None
+        version = self.conn.get_extra_info("client_version") or ""
+        self.info = ClientInfo(
+            address=self.info.address,
+            protocol="ssh",
+            user_name=username,
+            application_name=str(version)[:255],
+        )
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return True
+
+    async def validate_password(self, username: str, password: str) -> bool:
+        return await self._login(username, password)
+
+    def kbdint_auth_supported(self) -> bool:
+        return True
+
+    def get_kbdint_challenge(
+        self, username: str, lang: str, submethods: str
+    ) -> tuple[str, str, str, list[tuple[str, bool]]]:
+        return ("Lockgate", "", "", [(f"Lockgate token for {username}: ", False)])
+
+    async def validate_kbdint_response(self, username: str, responses: Sequence[str]) -> bool:
+        if len(responses) != 1:
+            return False
+        return await self._login(username, responses[0])
+
+    async def _login(self, username: str, token: str) -> bool:
+        gate = self.gate
+        name, sep, resource_name = username.rpartition("#")
+        if not sep or not name or not resource_name:
+            error: LockgateError = AuthFailed(
+                f"log in as {LOGIN_FORM}, e.g. ssh -p PORT alice#web@GATEWAY",
+                hint="the part after '#' names the SSH resource you want to reach",
+            )
+            await self._refuse(resource_name or username, None, error)
+            return False
+        subject: str | None = None
+        try:
+            principal = await gate.authenticate(token.strip())
+            subject = principal.subject
+            resource, _ = gate.authorize_ssh(principal, resource_name)
+            key, password = load_credentials(resource, gate.manifest, gate.secrets)
+            session = await gate.open_session(principal, resource, self.info)
+        except SecretError as exc:
+            log.error("resource %s: %s", resource_name, exc.message)
+            error = UpstreamError(
+                f"the gateway cannot load the credential of resource '{resource_name}'",
+                hint="tell an administrator: the resource's credential reference is broken",
+            )
+            await self._refuse(resource_name, subject, error)
+            return False
+        except LockgateError as exc:
+            await self._refuse(resource_name, subject, exc)
+            return False
+        try:
+            upstream = await connect_target(resource, key, password)
+        except UpstreamError as exc:
+            self._banner(exc)
+            gate.end_session(session, SessionEnd.ERROR, 0, 0, exc.message)
+            self._disconnect(exc.message)
+            return False
+        self.ctx = SshContext(gate, session, resource, upstream)
+        spawn(self._watch_target(upstream), name="ssh-target-watch")
+        log.info("ssh session %s: %s on %s", session.id, principal.subject, resource.name)
+        return True
+
+    async def _watch_target(self, upstream: asyncssh.SSHClientConnection) -> None:
+        await upstream.wait_closed()
+        if self.ctx is not None and self.conn is not None and self.ending is None:
+            self.ending = SessionEnd.UPSTREAM_CLOSED
+            self.conn.disconnect(
+                asyncssh.DISC_CONNECTION_LOST, "lockgate: the target closed the connection"
+            )
+
+    def _banner(self, error: LockgateError) -> None:
+        if self.conn is None:
+            return
+        text = f"lockgate: {error.message}\r\n"
+        if error.hint:
+            text += f"hint: {error.hint}\r\n"
+        try:
+            self.conn.send_auth_banner(text)
+        except (OSError, asyncssh.Error):
+            pass
+
+    def _disconnect(self, message: str) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        # After this auth reply is sent: the client then prints the reason.
+        asyncio.get_running_loop().call_soon(
+            conn.disconnect, asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, f"lockgate: {message}"
+        )
+
+    async def _refuse(self, resource: str, subject: str | None, error: LockgateError) -> None:
+        code = refusal_code(error)
+        log.info(
+            "refused ssh %s (%s) on %s: %s %s",
+            self.info.address,
+            subject or "-",
+            resource or "-",
+            code,
+            error.message,
+        )
+        self._banner(error)
+        self._disconnect(error.message)
+        await self.gate.refuse(self.info, resource, subject, code, error)
+
+    # -- channels ---------------------------------------------------------------------------
+    def session_requested(self) -> asyncssh.SSHServerSession[bytes] | bool:
+        if self.ctx is None:
+            return False
+        return ChannelRelay(self.ctx)
+
+    def connection_requested(
+        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+    ) -> bool:
+        reason = self._forwarding("local", f"{dest_host}:{dest_port}")
+        raise asyncssh.ChannelOpenError(
+            asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"lockgate: {reason}"
+        )
+
+    def server_requested(self, listen_host: str, listen_port: int) -> bool:
+        self._forwarding("remote", f"{listen_host}:{listen_port}")
+        return False
+
+    def unix_connection_requested(self, dest_path: str) -> bool:
+        reason = self._forwarding("local", f"unix:{dest_path}")
+        raise asyncssh.ChannelOpenError(
+            asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"lockgate: {reason}"
+        )
+
+    def unix_server_requested(self, listen_path: str) -> bool:
+        self._forwarding("remote", f"unix:{listen_path}")
+        return False
+
+    def _forwarding(self, kind: str, destination: str) -> str:
+        """Decide on and record a forwarding request; returns why it is refused.
+
+        Relaying forwarded channels from the target is not implemented yet, so a request a
+        rule allows is refused too, saying so.
+        """
+        ctx = self.ctx
+        if ctx is None:
+            return "not logged in"
+        request = SshRequest(
+            "forward",
+            text=f"forward {kind} {destination}",
+            forwarding=kind,
+            destination=destination,
+        )
+        seq = ctx.next_seq()
+        admission = self.gate.admit_ssh(ctx.session, seq, request, f"ssh.forward-{kind}")
+        decision = admission.command.decision
+        reason = decision.reason
+        if decision.allowed:
+            reason = f"{kind} forwarding is allowed by rule '{decision.rule}' but not supported yet"
+        try:
+            pending = self.gate.record([admission])
+            if pending is not None:
+                pending.add_done_callback(lambda f: f.exception())
+        except AuditUnavailable:
+            log.error("ssh %s: a forwarding request could not be recorded", ctx.session.id)
+        ctx.finish(seq, ResultSummary(status="denied", error_message=reason))
+        log.info(
+            "ssh %s: %s forwarding to %s refused: %s", ctx.session.id, kind, destination, reason
+        )
+        return reason

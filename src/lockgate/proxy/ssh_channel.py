@@ -1,0 +1,468 @@
+"""One SSH session channel (shell, exec or subsystem), relayed to the target and recorded.
+
+Theory of operation
+-------------------
+The client's channel request (`exec`, `shell`, `subsystem`) is accepted at once, then
+`session_started` runs `_start`: the request becomes a command that policy decides on and the
+audit journal records *before* the gateway opens the same kind of channel on the target. A
+denied or unrecordable command never reaches the target: the client reads why on stderr and
+gets exit status 126 (denied) or 1 (not recorded).
+
+While the target's channel opens, client bytes are held (and the client paused). Then bytes
+flow both ways as they come; each side's full send window pauses the other side's reading.
+Shell output goes to an asciicast recording; exec and subsystem streams to raw logs. An SFTP
+subsystem is parsed packet by packet (`ssh_sftp.SftpGuard`): every file operation is decided
+on and audited, and refused ones are answered by the gateway with a permission error.
+
+For shells with deny rules on commands, typed lines are followed (best effort: editing keys,
+history and completion are invisible) and a matching line ends the channel before its Enter
+key reaches the target.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncssh
+
+from lockgate.config.ssh import SshResource
+from lockgate.errors import AuditUnavailable
+from lockgate.gate import Admission, Gate
+from lockgate.model import ResultSummary, Session
+from lockgate.policy.ssh import SshRequest
+from lockgate.proxy import ssh_recording as rec
+from lockgate.proxy.ssh_sftp import SftpGuard
+from lockgate.tasks import spawn
+
+log = logging.getLogger("lockgate.ssh")
+
+EXIT_DENIED = 126
+EXIT_NOT_RECORDED = 1
+EXIT_UPSTREAM = 255
+
+
+@dataclass
+class SshContext:
+    """What every channel of one gateway SSH connection shares."""
+
+    gate: Gate
+    session: Session
+    resource: SshResource
+    upstream: asyncssh.SSHClientConnection
+    bytes_in: int = 0
+    bytes_out: int = 0
+    transferred: int = 0
+    _seq: int = 0
+    channels: set[ChannelRelay] = field(default_factory=set)
+
+    def next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    async def record(self, admission: Admission) -> None:
+        """Make a command durable before it runs; raises AuditUnavailable."""
+        pending = self.gate.record([admission])
+        if pending is not None:
+            await pending
+
+    def finish(self, seq: int, summary: ResultSummary) -> None:
+        self.gate.command_finished(self.session, seq, summary)
+
+
+class _Upstream(asyncssh.SSHClientSession[bytes]):
+    """The target's side of a relayed channel."""
+
+    def __init__(self, relay: ChannelRelay) -> None:
+        self.relay = relay
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        self.relay.from_target(data, datatype)
+
+    def eof_received(self) -> bool:
+        self.relay.target_eof()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.relay.target_closed(exc)
+
+    def pause_writing(self) -> None:
+        self.relay.chan.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.relay.chan.resume_reading()
+
+
+class ChannelRelay(asyncssh.SSHServerSession[bytes]):
+    """The client's side of a relayed session channel."""
+
+    def __init__(self, ctx: SshContext) -> None:
+        self.ctx = ctx
+        self.chan: asyncssh.SSHServerChannel[bytes] = None  # type: ignore[assignment]
+        self.kind = "shell"
+        self.command: str | None = None
+        self.subsystem: str | None = None
+        self.pty: tuple[str, tuple[int, int, int, int]] | None = None
+        self.up: asyncssh.SSHClientChannel[bytes] | None = None
+        self.seq = 0
+        self.started = 0.0
+        self._held: list[bytes] = []
+        self._held_eof = False
+        self._closed = False
+        self._cast: rec.CastRecorder | None = None
+        self._raw: rec.RawLog | None = None
+        self._sftp: SftpGuard | None = None
+        self._line: _LineTracker | None = None
+        self._out = 0
+        self._ended_by: str | None = None
+
+    # -- asyncssh callbacks ---------------------------------------------------------------
+    def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
+        self.chan = chan
+        self.ctx.channels.add(self)
+
+    def pty_requested(
+        self, term_type: str, term_size: tuple[int, int, int, int], term_modes: Any
+    ) -> bool:
+        self.pty = (term_type, term_size)
+        return True
+
+    def shell_requested(self) -> bool:
+        self.kind = "shell"
+        return True
+
+    def exec_requested(self, command: str) -> bool:
+        self.kind = "exec"
+        self.command = command
+        return True
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        self.kind = "subsystem"
+        self.subsystem = subsystem
+        return True
+
+    def session_started(self) -> None:
+        spawn(self._start(), name="ssh-channel")
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        self.ctx.bytes_in += len(data)
+        if self.up is None:
+            self._held.append(data)
+            self.chan.pause_reading()
+            return
+        self._to_target(data)
+
+    def eof_received(self) -> bool:
+        if self.up is None:
+            self._held_eof = True
+        else:
+            self.up.write_eof()
+        return True
+
+    def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
+        if self._cast is not None:
+            self._cast.resize(width, height)
+        if self.up is not None:
+            self.up.change_terminal_size(width, height, pixwidth, pixheight)
+
+    def signal_received(self, signal: str) -> None:
+        if self.up is not None:
+            self.up.send_signal(signal)
+
+    def break_received(self, msec: int) -> bool:
+        if self.up is not None:
+            self.up.send_break(msec)
+        return True
+
+    def pause_writing(self) -> None:
+        if self.up is not None:
+            self.up.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.up is not None:
+            self.up.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ctx.channels.discard(self)
+        if self.up is not None:
+            self.up.close()
+        self._finish(None)
+
+    # -- starting ----------------------------------------------------------------------------
+    def _request(self) -> tuple[SshRequest, str]:
+        if self.kind == "exec":
+            assert self.command is not None
+            return SshRequest("exec", text=self.command), "ssh.exec"
+        if self.kind == "subsystem":
+            name = self.subsystem or ""
+            return SshRequest(
+                "subsystem", text=f"subsystem {name}", subsystem=name
+            ), "ssh.subsystem"
+        what = (
+            f"shell (pty {self.pty[0]} {self.pty[1][0]}x{self.pty[1][1]})" if self.pty else "shell"
+        )
+        return SshRequest("shell", text=what), "ssh.shell"
+
+    async def _start(self) -> None:
+        ctx = self.ctx
+        request, kind = self._request()
+        self.seq = ctx.next_seq()
+        self.started = time.monotonic()
+        admission = ctx.gate.admit_ssh(ctx.session, self.seq, request, kind)
+        try:
+            await ctx.record(admission)
+        except AuditUnavailable as exc:
+            self._refuse(f"not run: {exc.message}", EXIT_NOT_RECORDED, record=False)
+            return
+        decision = admission.command.decision
+        if not decision.allowed:
+            log.info("ssh %s: %s denied: %s", ctx.session.id, kind, decision.reason)
+            self._refuse(f"refused: {decision.reason}", EXIT_DENIED, status="denied")
+            return
+        try:
+            await self._open_target()
+        except (OSError, asyncssh.Error) as exc:
+            reason = getattr(exc, "reason", "") or type(exc).__name__
+            self._refuse(
+                f"the target did not open the channel ({reason})", EXIT_UPSTREAM, status="error"
+            )
+            return
+        held, self._held = self._held, []
+        for data in held:
+            self._to_target(data)
+        if self._held_eof and self.up is not None:
+            self.up.write_eof()
+        self.chan.resume_reading()
+
+    async def _open_target(self) -> None:
+        ctx = self.ctx
+        folder = rec.session_dir(ctx.gate.manifest.state_dir, ctx.session.id)
+        settings = ctx.gate.manifest.ssh
+        env = dict(self.chan.get_environment())
+        kwargs: dict[str, Any] = {"env": env, "encoding": None}
+        if self.pty is not None:
+            term, size = self.pty
+            kwargs.update(term_type=term, term_size=size, request_pty="force")
+        else:
+            kwargs["request_pty"] = False
+        if self.kind == "exec":
+            kwargs["command"] = self.command
+        elif self.kind == "subsystem":
+            kwargs["subsystem"] = self.subsystem
+        if self.kind == "shell":
+            width, height = (self.pty[1][0], self.pty[1][1]) if self.pty else (80, 24)
+            self._cast = rec.CastRecorder(
+                folder / f"{self.seq}.cast.gz",
+                width,
+                height,
+                self.pty[0] if self.pty else "",
+                record_input=settings.record_input,
+                title=f"{ctx.session.principal.subject} on {ctx.resource.name}",
+            )
+            if ctx.gate.ssh_policy.has_command_rules(ctx.session.principal, ctx.resource.name):
+                self._line = _LineTracker()
+        else:
+            self._raw = rec.RawLog(folder / str(self.seq), settings.log_cap_bytes)
+            if self.subsystem == "sftp":
+                self._sftp = SftpGuard(ctx, self._reply_to_client)
+        chan, _ = await ctx.upstream.create_session(lambda: _Upstream(self), **kwargs)
+        self.up = chan
+        if self._sftp is not None:
+            self._sftp.send = chan.write
+
+    def _refuse(self, message: str, code: int, *, status: str = "", record: bool = True) -> None:
+        self.chan.write_stderr(f"lockgate: {message}\r\n".encode())
+        self.chan.exit(code)
+        if record:
+            self.ctx.finish(self.seq, ResultSummary(status=status, error_message=message[:1000]))
+            self.seq = 0
+
+    # -- relaying ----------------------------------------------------------------------------
+    def _to_target(self, data: bytes) -> None:
+        up = self.up
+        assert up is not None
+        if self._raw is not None:
+            self._raw.input.add(data)
+        if self._cast is not None:
+            self._cast.input(data)
+        if self._line is not None:
+            cut = self._line.feed(data, self._check_line)
+            if cut is not None:
+                if cut:
+                    up.write(data[:cut])
+                self._end_by_rule()
+                return
+        if self._sftp is not None:
+            data = self._sftp.from_client(data)
+            if not data:
+                return
+        up.write(data)
+
+    def _reply_to_client(self, data: bytes) -> None:
+        self.chan.write(data)
+
+    def from_target(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        self.ctx.bytes_out += len(data)
+        self._out += len(data)
+        if self._cast is not None:
+            self._cast.output(data)
+        if datatype == asyncssh.EXTENDED_DATA_STDERR:
+            if self._raw is not None:
+                self._raw.stderr.add(data)
+            self.chan.write_stderr(data)
+            return
+        if self._raw is not None:
+            self._raw.output.add(data)
+        if self._sftp is not None:
+            self._sftp.from_server(data)
+        self.chan.write(data)
+
+    def target_eof(self) -> None:
+        if not self._closed:
+            self.chan.write_eof()
+
+    def target_closed(self, exc: Exception | None) -> None:
+        up = self.up
+        if up is not None and not self._closed:
+            signal = up.get_exit_signal()
+            status = up.get_exit_status()
+            if signal is not None:
+                name, core, msg, lang = signal
+                self.chan.exit_with_signal(name, core, msg, lang)
+            elif status is not None and status >= 0:
+                self.chan.exit(status)
+            else:
+                self.chan.close()
+        self._finish(exc)
+
+    # -- shell lines ------------------------------------------------------------------------
+    def _check_line(self, line: str) -> bool:
+        """True when the typed line may run."""
+        ctx = self.ctx
+        request = SshRequest("shell-line", text=line)
+        decision = ctx.gate.ssh_policy.decide(ctx.session.principal, ctx.resource.name, request)
+        if decision.allowed:
+            return True
+        self._ended_by = decision.reason
+        seq = ctx.next_seq()
+        admission = ctx.gate.admit_ssh(ctx.session, seq, request, "ssh.shell-line")
+        try:
+            pending = ctx.gate.record([admission])
+            if pending is not None:
+                pending.add_done_callback(lambda f: f.exception())
+        except AuditUnavailable:
+            log.error("ssh %s: a denied shell line could not be recorded", ctx.session.id)
+        ctx.finish(seq, ResultSummary(status="denied", error_message=decision.reason[:1000]))
+        return False
+
+    def _end_by_rule(self) -> None:
+        message = f"\r\nlockgate: session ended: {self._ended_by}\r\n"
+        self.chan.write(message.encode())
+        if self._cast is not None:
+            self._cast.output(message.encode())
+        self._closed = True
+        if self.up is not None:
+            self.up.close()
+        self.chan.exit(EXIT_DENIED)
+
+    # -- the end -----------------------------------------------------------------------------
+    def _finish(self, exc: Exception | None) -> None:
+        if not self.seq:
+            return
+        seq, self.seq = self.seq, 0
+        up = self.up
+        status_code = up.get_exit_status() if up is not None else None
+        signal = up.get_exit_signal() if up is not None else None
+        if self._ended_by is not None:
+            status = "ended by rule"
+        elif signal is not None:
+            status = f"signal {signal[0]}"
+        elif status_code is not None and status_code >= 0:
+            status = f"exit {status_code}"
+        else:
+            status = "closed"
+        extra = {
+            "session": self.ctx.session.id,
+            "seq": seq,
+            "kind": self.kind,
+            "status": status,
+        }
+        digest = ""
+        try:
+            if self._cast is not None:
+                digest = self._cast.close(extra)
+            elif self._raw is not None:
+                if self._sftp is not None:
+                    self._sftp.close()
+                digest = self._raw.close(extra)
+        except OSError as exc2:
+            log.error("ssh %s: could not finish recording %d: %s", self.ctx.session.id, seq, exc2)
+        if digest:
+            status += f"; recording sha256:{digest}"
+        self.ctx.finish(
+            seq,
+            ResultSummary(
+                status=status,
+                error_message=self._ended_by,
+                bytes_out=self._out,
+                duration_ms=(time.monotonic() - self.started) * 1000,
+            ),
+        )
+
+
+class _LineTracker:
+    """Follows what is typed at a shell prompt, to check each line before its Enter key."""
+
+    def __init__(self) -> None:
+        self.line: list[str] = []
+        self._escape = False
+
+    def feed(self, data: bytes, check: Callable[[str], bool]) -> int | None:
+        """None if all of `data` may go on; else the offset of the refused Enter key."""
+        text = data.decode("utf-8", "replace")
+        if len(text) != len(data):
+            # Multi-byte characters: map offsets byte by byte instead.
+            return self._feed_bytes(data, check)
+        for i, ch in enumerate(text):
+            if self._step(ch) and not self._enter(check):
+                return i
+        return None
+
+    def _feed_bytes(self, data: bytes, check: Callable[[str], bool]) -> int | None:
+        for i in range(len(data)):
+            ch = chr(data[i]) if data[i] < 0x80 else "\ufffd"
+            if self._step(ch) and not self._enter(check):
+                return i
+        return None
+
+    def _enter(self, check: Callable[[str], bool]) -> bool:
+        line = "".join(self.line)
+        self.line = []
+        return not line.strip() or check(line)
+
+    def _step(self, ch: str) -> bool:
+        """Apply one character; True when it is Enter."""
+        if self._escape:
+            if ch.isalpha() or ch == "~":
+                self._escape = False
+            return False
+        if ch in "\r\n":
+            return True
+        if ch == "\x1b":
+            self._escape = True
+        elif ch in "\x7f\x08":
+            if self.line:
+                self.line.pop()
+        elif ch in "\x15\x03":  # Ctrl-U, Ctrl-C
+            self.line = []
+        elif ch == "\x17":  # Ctrl-W
+            while self.line and self.line[-1] == " ":
+                self.line.pop()
+            while self.line and self.line[-1] != " ":
+                self.line.pop()
+        elif ch >= " " or ch == "\t":
+            self.line.append(ch)
+        return False
