@@ -89,12 +89,32 @@ def search(engine: Engine, f: SearchFilter) -> list[dict[str, Any]]:
         where.append(c.c.decision == f.decision)
     if f.rule is not None:
         where.append(c.c.rule == f.rule)
-    if f.text:
-        where.append(_text_match(engine, f.text))
-    q = q.where(and_(*where)) if where else q
-    q = q.order_by(c.c.started_at.desc(), c.c.session_id, c.c.seq.desc()).limit(f.limit)
-    with engine.connect() as conn:
+    match = _text_match(engine, f.text) if f.text else None
+    order = (c.c.started_at.desc(), c.c.session_id, c.c.seq.desc())
+    with engine.begin() as conn:
+        if match is not None and engine.dialect.name == "postgresql" and words(f.text or ""):
+            # PostgreSQL estimates a rare word as fairly common and then scans statements
+            # newest first, testing each (seconds on a million). Count the matches through
+            # the GIN index first (bounded): when they are few, fetch them that way.
+            conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+            conn.exec_driver_sql("SET LOCAL enable_indexscan = off")
+            probe = select(c.c.seq).where(match).limit(_FEW).subquery()
+            few = conn.execute(select(func.count()).select_from(probe)).scalar_one() < _FEW
+            if few:
+                hits = select(c.c.session_id, c.c.seq).where(match).cte("hits")
+                hits = hits.prefix_with("MATERIALIZED")
+                match = tuple_(c.c.session_id, c.c.seq).in_(select(hits.c.session_id, hits.c.seq))
+            else:
+                conn.exec_driver_sql("SET LOCAL enable_seqscan = on")
+                conn.exec_driver_sql("SET LOCAL enable_indexscan = on")
+        if match is not None:
+            where.append(match)
+        q = q.where(and_(*where)) if where else q
+        q = q.order_by(*order).limit(f.limit)
         return [dict(r._mapping) for r in conn.execute(q)]
+
+
+_FEW = 1000
 
 
 def _text_match(engine: Engine, text: str) -> Any:

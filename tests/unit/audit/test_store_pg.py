@@ -168,3 +168,27 @@ async def test_chain_verifies_and_names_an_edit_on_postgresql(
     execute(pg_engine, "UPDATE commands SET params = '[\"43\"]' WHERE seq = 1")
     (finding,) = verify(pg_engine).findings()
     assert finding.problem == "altered" and "command #1 of session s-1" in finding.detail
+
+
+@pytest.mark.parametrize("few", [1000, 1])
+async def test_search_on_postgresql(
+    pg_engine: Engine, tmp_path: Path, few: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lockgate.audit import search as search_module
+    from lockgate.audit.search import SearchFilter, search
+
+    monkeypatch.setattr(search_module, "_FEW", few)  # both plans: few matches, many matches
+    rec = AuditRecorder(pg_engine, tmp_path / "state" / "journal")
+    await rec.start()
+    await rec.session_started(make_session("s-1", groups=frozenset({"dba"})))
+    await rec.command_started(make_command("s-1", 1, "SELECT email FROM customers"))
+    await rec.command_started(make_command("s-1", 2, "select Total FROM invoices"))
+    await rec.close()
+
+    def found(**kw: object) -> list[int]:
+        return [c["seq"] for c in search(pg_engine, SearchFilter(**kw))]  # type: ignore[arg-type]
+
+    assert found(text="customers EMAIL") == [1]
+    assert found(text="total", group="dba") == [2]
+    assert found(text="custom") == []
+    assert found(subject="alice") == [2, 1]
