@@ -149,7 +149,8 @@ class _Rule:
 
     def decision(self, what: str) -> Decision:
         kind = DecisionKind.ALLOW if self.rule.action == "allow" else DecisionKind.DENY
-        reason = self.rule.message or f"rule '{self.rule.name}' {self.rule.action}s {what}"
+        verb = "allows" if kind is DecisionKind.ALLOW else "denies"
+        reason = self.rule.message or f"rule '{self.rule.name}' {verb} {what}"
         return Decision(kind, rule=self.rule.name, reason=reason)
 
 

@@ -2,9 +2,10 @@
 
 Theory of operation
 -------------------
-Clients connect with plain OpenSSH as `ssh -p PORT NAME#RESOURCE@GATEWAY`. NAME is only
-recorded (the token says who the user is); RESOURCE names an `type: ssh` resource. The
-token is the password, or the answer to the keyboard-interactive prompt.
+Clients connect with plain OpenSSH as `ssh -p PORT NAME#RESOURCE@GATEWAY` or
+`ssh -p PORT RESOURCE@GATEWAY` (scp refuses '#' in a remote user name). NAME is only
+recorded (the token says who the user is); RESOURCE names a `type: ssh` resource. The token
+is the password, or the answer to the keyboard-interactive prompt.
 
 1. Authentication (`_login`): the gate verifies the token, checks access to the resource,
    loads the target's credential, and records the session before the gateway logs in to
@@ -231,13 +232,13 @@ class _GatewayServer(asyncssh.SSHServer):
 
     async def _login(self, username: str, token: str) -> bool:
         gate = self.gate
-        name, sep, resource_name = username.rpartition("#")
-        if not sep or not name or not resource_name:
+        resource_name = username.rpartition("#")[2]
+        if not resource_name:
             error: LockgateError = AuthFailed(
-                f"log in as {LOGIN_FORM}, e.g. ssh -p PORT alice#web@GATEWAY",
-                hint="the part after '#' names the SSH resource you want to reach",
+                f"log in as {LOGIN_FORM} or RESOURCE, e.g. ssh -p PORT alice#web@GATEWAY",
+                hint="the user name names the SSH resource you want to reach",
             )
-            await self._refuse(resource_name or username, None, error)
+            await self._refuse(username, None, error)
             return False
         subject: str | None = None
         try:

@@ -274,7 +274,8 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
             self._sftp.send = chan.write
 
     def _refuse(self, message: str, code: int, *, status: str = "", record: bool = True) -> None:
-        self.chan.write_stderr(f"lockgate: {message}\r\n".encode())
+        end = "\r\n" if self.pty else "\n"
+        self.chan.write_stderr(f"lockgate: {message}{end}".encode())
         self.chan.exit(code)
         if record:
             self.ctx.finish(self.seq, ResultSummary(status=status, error_message=message[:1000]))

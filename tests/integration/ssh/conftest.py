@@ -50,7 +50,9 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: flo
                 return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError(f"port {port} did not open in {timeout}s:\n{log.read_text(errors='replace')}")
+    raise RuntimeError(
+        f"port {port} did not open in {timeout}s:\n{log.read_text(errors='replace')}"
+    )
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -175,7 +177,7 @@ class SshGateway:
         env.update(SSH_ASKPASS=str(askpass), SSH_ASKPASS_REQUIRE="force", DISPLAY=":0")
         return env
 
-    def ssh_options(self) -> list[str]:
+    def ssh_options(self, log_level: str = "ERROR") -> list[str]:
         return [
             "-F", "/dev/null",
             "-o", f"UserKnownHostsFile={self.known_hosts}",
@@ -183,7 +185,7 @@ class SshGateway:
             "-o", "PubkeyAuthentication=no",
             "-o", "PreferredAuthentications=keyboard-interactive,password",
             "-o", "NumberOfPasswordPrompts=1",
-            "-o", "LogLevel=ERROR",
+            "-o", f"LogLevel={log_level}",
             "-o", "ConnectTimeout=10",
         ]  # fmt: skip
 
@@ -191,11 +193,23 @@ class SshGateway:
         return f"{name}#{resource}@127.0.0.1"
 
     def ssh(
-        self, token: str, *args: str, resource: str = "target", timeout: float = 60,
+        self,
+        token: str,
+        *args: str,
+        resource: str = "target",
+        timeout: float = 60,
         input: bytes | None = None,
+        log_level: str = "ERROR",
     ) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(
-            ["ssh", *self.ssh_options(), "-p", str(self.port), self.login(resource), *args],
+            [
+                "ssh",
+                *self.ssh_options(log_level),
+                "-p",
+                str(self.port),
+                self.login(resource),
+                *args,
+            ],
             env=self.client_env(token),
             capture_output=True,
             input=input,
@@ -273,3 +287,56 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, sshd: Target) -> Iterator[
     gw = start_ssh_gateway(tmp_path_factory.mktemp("ssh-gateway"), manifest, sshd)
     yield gw
     gw.stop()
+
+
+def wait_for(fetch: Any, what: str, timeout: float = 20.0) -> Any:
+    """Poll `fetch()` until it returns something truthy (bounded); the audit is ingested async."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = fetch()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def audit_engine(gw: SshGateway) -> Any:
+    from lockgate.store import open_engine
+
+    return open_engine(f"sqlite:///{gw.dir / 'state' / 'lockgate.db'}")
+
+
+def ended_session(gw: SshGateway, subject: str, n_commands: int = 1) -> dict[str, Any]:
+    """The newest ended session of `subject`, with its commands, once ingested."""
+    from lockgate.audit.query import get_session, list_sessions
+
+    engine = audit_engine(gw)
+
+    def fetch() -> dict[str, Any] | None:
+        for s in list_sessions(engine, subject=subject, limit=1):
+            full = get_session(engine, s["id"])
+            if (
+                full is not None
+                and full["ended_at"] is not None
+                and len(full["commands"]) >= n_commands
+                and all(c["finished_at"] is not None for c in full["commands"])
+            ):
+                return full
+        return None
+
+    try:
+        return dict(wait_for(fetch, f"an ended session of {subject}"))
+    finally:
+        engine.dispose()
+
+
+def refusals(gw: SshGateway, subject_or_none: str | None = None) -> list[dict[str, Any]]:
+    from lockgate.audit.query import list_refusals
+
+    engine = audit_engine(gw)
+    try:
+        rows = list_refusals(engine, limit=200)
+    finally:
+        engine.dispose()
+    return [r for r in rows if r["protocol"] == "ssh"]

@@ -1,0 +1,125 @@
+"""sftp and scp through Lockgate: relayed to the target's own SFTP server, each file audited."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from tests.integration.ssh.conftest import SshGateway, ended_session
+
+pytestmark = pytest.mark.ssh
+
+
+def _sftp(gw: SshGateway, token: str, batch: str, tmp: Path) -> subprocess.CompletedProcess[bytes]:
+    # Commands on stdin, not `-b FILE`: batch mode turns on BatchMode, which disables the
+    # password prompt the token answers.
+    return subprocess.run(
+        ["sftp", *gw.ssh_options(), "-P", str(gw.port), gw.login()],
+        env=gw.client_env(token),
+        capture_output=True,
+        input=batch.encode(),
+        timeout=60,
+    )
+
+
+def _scp(gw: SshGateway, token: str, *args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        ["scp", *gw.ssh_options(), "-P", str(gw.port), *args],
+        env=gw.client_env(token),
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_sftp_upload_and_download_are_relayed_and_audited(
+    gateway: SshGateway, tmp_path: Path
+) -> None:
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    source = remote / "source.bin"
+    source.write_bytes(os.urandom(300_000))
+    upload = os.urandom(200_000)
+    (tmp_path / "up.bin").write_bytes(upload)
+    token = gateway.token("sftp-user")
+    r = _sftp(
+        gateway,
+        token,
+        f"put {tmp_path / 'up.bin'} {remote / 'uploaded.bin'}\n"
+        f"get {source} {tmp_path / 'down.bin'}\n"
+        f"mkdir {remote / 'newdir'}\n"
+        f"ls {remote}\n",
+        tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    assert (remote / "uploaded.bin").read_bytes() == upload
+    assert (tmp_path / "down.bin").read_bytes() == source.read_bytes()
+    assert (remote / "newdir").is_dir()
+
+    session = ended_session(gateway, "sftp-user", n_commands=4)
+    by_kind = {c["kind"]: c for c in session["commands"]}
+    assert by_kind["ssh.subsystem"]["text"] == "subsystem sftp"
+    up = by_kind["sftp.upload"]
+    assert up["text"] == f"upload {remote / 'uploaded.bin'}"
+    assert up["bytes_out"] == len(upload)
+    assert up["status"] == f"upload sha256:{_sha(upload)}"
+    down = by_kind["sftp.download"]
+    assert down["text"] == f"download {source}"
+    assert down["bytes_out"] == 300_000
+    assert down["status"] == f"download sha256:{_sha(source.read_bytes())}"
+    assert by_kind["sftp.mkdir"]["status"] == "ok"
+
+
+def test_sftp_path_rule_refuses_download_from_etc(gateway: SshGateway, tmp_path: Path) -> None:
+    token = gateway.token("sftp-etc")
+    r = _sftp(gateway, token, f"get /etc/hostname {tmp_path / 'h'}\n", tmp_path)
+    # OpenSSH's sftp shows the status code's own text, not the server's message.
+    assert b'remote open "/etc/hostname": Permission denied' in r.stderr
+    assert not (tmp_path / "h").exists()
+    session = ended_session(gateway, "sftp-etc", n_commands=2)
+    denied = [c for c in session["commands"] if c["decision"] == "deny"]
+    assert [(c["kind"], c["text"], c["rule"]) for c in denied] == [
+        ("sftp.download", "download /etc/hostname", "no-etc-download")
+    ]
+
+
+def test_contractors_cannot_upload(gateway: SshGateway, tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"data")
+    token = gateway.token("contractor", groups=("ops", "contractors"))
+    r = _sftp(gateway, token, f"put {tmp_path / 'f'} {tmp_path / 'copy'}\n", tmp_path)
+    assert b"Permission denied" in r.stderr
+    assert not (tmp_path / "copy").exists()
+    session = ended_session(gateway, "contractor", n_commands=2)
+    (denied,) = [c for c in session["commands"] if c["decision"] == "deny"]
+    assert denied["rule"] == "contractors-read-only"
+    assert denied["reason"] == "contractors may not change files"
+
+
+def test_scp_both_ways_and_legacy_scp_as_a_command(gateway: SshGateway, tmp_path: Path) -> None:
+    data = os.urandom(123_457)
+    (tmp_path / "a").write_bytes(data)
+    token = gateway.token("scp-user")
+    target = f"{gateway.login()}:{tmp_path / 'b'}"
+    r = _scp(gateway, token, str(tmp_path / "a"), target)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "b").read_bytes() == data
+    # scp refuses '#' in a remote user name when downloading: RESOURCE@GATEWAY works too.
+    plain = "target@127.0.0.1"
+    r = _scp(gateway, token, f"{plain}:{tmp_path / 'b'}", str(tmp_path / "c"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "c").read_bytes() == data
+    # The original scp protocol (-O) runs `scp -t` as an exec command on the target.
+    r = _scp(gateway, token, "-O", str(tmp_path / "a"), f"{gateway.login()}:{tmp_path / 'd'}")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "d").read_bytes() == data
+
+    session = ended_session(gateway, "scp-user")
+    (cmd,) = [c for c in session["commands"] if c["kind"] == "ssh.exec"]
+    assert cmd["text"].startswith("scp -t ")
