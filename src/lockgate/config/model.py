@@ -7,7 +7,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from lockgate.config.ssh import SshListener, SshResource, SshSettings
 
@@ -322,6 +330,96 @@ class Audit(_Strict):
         return None if text is None else parse_duration(text)
 
 
+class CustomDetector(_Strict):
+    """A named content detector: a regular expression (Python syntax)."""
+
+    name: str
+    pattern: str
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+        if re.compile(v).match(""):
+            raise ValueError("the pattern matches the empty string")
+        return v
+
+
+MaskStrategyName = Literal["redact", "partial", "hash", "null"]
+
+
+class ColumnMask(_Strict):
+    """Mask one table column (`schema.table.column`, `*` and `?` wildcards) wherever it goes."""
+
+    column: str
+    strategy: MaskStrategyName = "redact"
+    # `redact`: the text shown instead of the value.
+    text: str = "****"
+    # `partial`: letters/digits kept at the end (emails keep their domain instead).
+    keep_last: int = Field(default=4, ge=0, le=64)
+
+    @field_validator("column")
+    @classmethod
+    def _pattern(cls, v: str) -> str:
+        parts = v.split(".")
+        if not 1 <= len(parts) <= 3 or any(not p for p in parts):
+            raise ValueError("expected schema.table.column, table.column or column (* allowed)")
+        return v
+
+
+class MaskingRule(_Strict):
+    """Who sees which columns and content masked on which resources."""
+
+    name: str
+    resources: list[str] = Field(min_length=1)
+    # Whom the rule masks for; neither subjects nor groups: everyone (except `clear_*`).
+    subjects: list[str] = []
+    groups: list[str] = []
+    # Identities that see clear values even when matched above.
+    clear_subjects: list[str] = []
+    clear_groups: list[str] = []
+    # `mask`: derived outputs of masked columns are masked whole; `strict`: refused.
+    mode: Literal["mask", "strict"] = "mask"
+    columns: list[ColumnMask] = []
+    # Content detectors for the other text-like result columns (built-in or custom names).
+    detect: list[str] = []
+    detect_strategy: MaskStrategyName = "redact"
+
+
+class Masking(_Strict):
+    # Key of the `hash` strategy (a credential reference); default: a key in the state folder.
+    hash_key: str | None = None
+    detectors: list[CustomDetector] = []
+    rules: list[MaskingRule] = []
+
+    @field_validator("hash_key")
+    @classmethod
+    def _reference(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("env:", "file:", "store:")):
+            raise ValueError("must be a credential reference (env:NAME, file:PATH or store:NAME)")
+        return v
+
+    @model_validator(mode="after")
+    def _detector_names(self) -> Masking:
+        from lockgate.masking.detectors import known_names
+
+        known = set(known_names()) | {d.name for d in self.detectors}
+        for rule in self.rules:
+            for name in rule.detect:
+                if name not in known:
+                    raise ValueError(
+                        f"masking rule '{rule.name}': unknown detector '{name}' "
+                        f"(expected one of: {', '.join(sorted(known))})"
+                    )
+        return self
+
+
+GuardrailAction = Literal["deny", "review", "allow"]
+
+
 class Manifest(_Strict):
     version: Literal[1] = 1
     state: State = State()
@@ -330,6 +428,7 @@ class Manifest(_Strict):
     resources: list[AnyResource] = []
     access: list[AccessRule] = []
     audit: Audit = Audit()
+    masking: Masking = Masking()
     ssh: SshSettings = SshSettings()
 
     # Set by the loader, not by the YAML: the directory relative paths resolve against.

@@ -26,12 +26,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from lockgate.errors import LockgateError
 from lockgate.gate import Admission, Gate
 from lockgate.model import ResultSummary, Session
 from lockgate.protocols.postgres import messages as m
 from lockgate.protocols.postgres import sqlstate
+from lockgate.proxy import pg_masking
 from lockgate.proxy.endpoint import Endpoint
 
 log = logging.getLogger("lockgate.postgres")
@@ -65,6 +67,8 @@ class _Op:
     # Either is followed by ReadyForQuery with the transaction status current at delivery.
     local: bytes = b""
     done: bool = False
+    # Masked sessions: what masking needs to know about this request's answer.
+    mask: pg_masking.Track | None = None
 
 
 @dataclass(slots=True)
@@ -104,12 +108,20 @@ class PgRelay:
         self._skip_error = b""
         self._terminated = False
         self._record_params = gate.manifest.audit.record_parameters
+        # None unless a masking rule applies to this session: then the relay masks results.
+        self._masker = pg_masking.masker_for(gate, session)
+        self._mask_wait = False
 
     def start(self) -> None:
         self.client.peer = self.upstream
         self.upstream.peer = self.client
         self.upstream.set_sink(self._from_upstream)
-        self.client.set_sink(self._from_client)
+        ready = self._masker.ready() if self._masker is not None else None
+        if ready is None:
+            self.client.set_sink(self._from_client)
+        else:
+            # Masking needs the catalog first; the client's bytes wait in its buffer.
+            ready.add_done_callback(lambda _f: self.client.set_sink(self._from_client))
 
     @property
     def terminated(self) -> bool:
@@ -209,6 +221,9 @@ class PgRelay:
                     text, params = self._portals.get(portal, ("", None))
                     text = text or f"-- execute of unknown portal '{portal}'"
                 op = _Op(t, started=now)
+                if self._masker is not None and t != _F:
+                    portal = m.parse_execute(payload)[0] if t == _E else ""
+                    op.mask = self._masker.command(t, text, portal)
                 adm = self._admit(text, params, op)
                 if isinstance(adm, Admission):
                     plan.admissions.append(adm)
@@ -236,7 +251,10 @@ class PgRelay:
             elif t not in _FRONTEND_TYPES:
                 raise m.ProtocolViolation(f"unexpected frontend message type {chr(t)!r}")
             if t in _TRACKED:
-                out.append((mv[run_start:end], _Op(t, started=now)))
+                step = _Op(t, started=now)
+                if self._masker is not None and t != _S and t != _C:
+                    step.mask = self._masker.step(t, bytes(buf[off + 5 : end]))
+                out.append((mv[run_start:end], step))
                 run_start = end
         last_end = spans[-1][1]
         if last_end > run_start:
@@ -250,6 +268,10 @@ class PgRelay:
         self._seq += 1
         op.seq = self._seq
         try:
+            if self._masker is not None:
+                refusal = self._masker.refusal(text)
+                if refusal is not None:
+                    raise refusal
             return self.gate.admit(self.session, self._seq, text, params)
         except LockgateError as exc:
             return _error_bytes(exc)
@@ -293,6 +315,9 @@ class PgRelay:
 
     # ================================================================ upstream → client
     def _from_upstream(self, data: bytes) -> None:
+        if self._mask_wait:
+            self._ubuf += data
+            return
         if self._ubuf:
             self._ubuf += data
             buf: bytes | bytearray = self._ubuf
@@ -310,7 +335,36 @@ class PgRelay:
         pending = self._pending
         write = self.client.write
         flushed = 0
+        masker = self._masker
+        data_rows = -1  # masked sessions: start of a run of DataRows
+        masked_error: bytes | None = None
         for off, end in spans:
+            if masker is not None:
+                t = buf[off]
+                if t == _D:
+                    if data_rows < 0:
+                        data_rows = off
+                    if pending:
+                        pending[0].bytes_out += end - off
+                    continue
+                if data_rows >= 0:
+                    flushed = self._mask_rows(buf, data_rows, off, flushed)
+                    data_rows = -1
+                masked_error = None
+                # A stand-in for a refused command failed: that error is replaced, not masked.
+                stand_in = t == _E and bool(pending) and bool(pending[0].local)
+                if t in pg_masking.UPSTREAM_TYPES and not stand_in:
+                    track = pending[0].mask if pending else None
+                    got = masker.upstream(t, bytes(buf[off + 5 : end]), track)
+                    if isinstance(got, asyncio.Future):
+                        self._mask_hold(buf, off, flushed, got)
+                        return
+                    if got is not None:
+                        if off > flushed:
+                            write(buf[flushed:off])
+                        write(got)
+                        flushed = end
+                        masked_error = got[5:] if t == _E else None
             if not pending:
                 continue
             t = buf[off]
@@ -360,7 +414,7 @@ class PgRelay:
                 elif head.kind == _Q and t == _I:
                     head.status = "empty"
             elif t == _E:
-                fields = m.parse_error_fields(bytes(buf[off + 5 : end]))
+                fields = m.parse_error_fields(masked_error or bytes(buf[off + 5 : end]))
                 head.error_code = fields.get("C")
                 head.error_message = fields.get("M")
                 if head.kind not in (_Q, _S, _F):
@@ -379,16 +433,49 @@ class PgRelay:
                             else:
                                 op.status = "skipped after an earlier error"
                         self._finish(op)
+        if data_rows >= 0:
+            flushed = self._mask_rows(buf, data_rows, consumed, flushed)
         if consumed > flushed:
             write(buf[flushed:consumed] if flushed or consumed < len(buf) else buf)
+
+    def _mask_rows(self, buf: bytes | bytearray, start: int, stop: int, flushed: int) -> int:
+        """Write DataRows `buf[start:stop]` masked (if the plan changes them); new `flushed`."""
+        assert self._masker is not None
+        track = self._pending[0].mask if self._pending else None
+        new = self._masker.rewrite_rows(track, buf, start, stop)
+        if new is None:
+            return flushed
+        if start > flushed:
+            self.client.write(buf[flushed:start])
+        self.client.write(new)
+        return stop
+
+    def _mask_hold(
+        self, buf: bytes | bytearray, off: int, flushed: int, ready: asyncio.Future[Any]
+    ) -> None:
+        """Stop at `off` until masking is ready (catalog refreshed); upstream waits."""
+        if off > flushed:
+            self.client.write(buf[flushed:off])
+        self._ubuf = bytearray(buf[off:])
+        self._mask_wait = True
+        self.upstream.pause_reading()
+        ready.add_done_callback(lambda _f: self._mask_release())
+
+    def _mask_release(self) -> None:
+        self._mask_wait = False
+        data, self._ubuf = bytes(self._ubuf), bytearray()
+        self.upstream.resume_reading()
+        if data and not self.client.closed:
+            self._from_upstream(data)
 
     def _finish(self, op: _Op) -> None:
         if op.seq == 0 or op.done:
             return
         op.done = True
+        note = self._masker.summary(op.mask) if self._masker is not None else ""
         summary = ResultSummary(
             rows=op.rows,
-            status=op.status,
+            status=op.status + note if note else op.status,
             error_code=op.error_code,
             error_message=op.error_message,
             bytes_out=op.bytes_out,
