@@ -341,6 +341,23 @@ def manifest_data(pg: EmbeddedPostgres, port: int) -> dict[str, Any]:
                 },
             }
         ],
+        # The analyst sees customers' personal data masked, whatever the query.
+        "masking": {
+            "rules": [
+                {
+                    "name": "demo-pii",
+                    "resources": [RESOURCE],
+                    "subjects": [SUBJECT],
+                    "columns": [
+                        {"column": "public.customers.ssn", "strategy": "partial"},
+                        {"column": "public.customers.card_number", "strategy": "partial"},
+                        {"column": "public.customers.email", "strategy": "partial"},
+                        {"column": "public.customers.phone", "strategy": "redact"},
+                    ],
+                    "detect": ["email", "ssn", "card"],
+                }
+            ]
+        },
         "access": [{"name": "analysts-reach-demo", "resources": [RESOURCE], "groups": [GROUP]}],
     }
 
@@ -497,6 +514,9 @@ def _ready_text(
             f"  {psql_line(host, port, token.token)}",
             "or with the token in the environment (CI jobs, scripts):",
             f"  {pgpassword_line(host, port, token.token)}",
+            "",
+            "Masked for analyst: ssn, card_number, email, phone (also when renamed or computed):",
+            "  SELECT * FROM customers LIMIT 5",
             "",
             "Then see what was recorded:",
             f"  lockgate audit sessions -c {cfg}",

@@ -270,3 +270,19 @@ def _drain_until(lines: queue.Queue[str | None], seen: list[str], marker: str | 
         seen.append(line)
         if marker is not None and marker in line:
             return got
+
+
+def test_manifest_masks_personal_data_for_the_analyst(
+    scratch: Path, embedded: demo.EmbeddedPostgres
+) -> None:
+    from lockgate.masking.policy import MaskPolicy
+    from lockgate.model import Principal
+
+    manifest = Manifest.model_validate(demo.manifest_data(embedded, 6543))
+    analyst = Principal(demo.SUBJECT, frozenset({demo.GROUP}))
+    policy = MaskPolicy.for_session(manifest, analyst, "demo", b"k")
+    for column in ("ssn", "card_number", "email", "phone"):
+        assert policy.column("public", "customers", column) is not None, column
+    assert policy.column("public", "customers", "city") is None
+    other = Principal("someone-else", frozenset({demo.GROUP}))
+    assert not MaskPolicy.for_session(manifest, other, "demo", b"k").active

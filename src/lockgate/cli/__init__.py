@@ -8,7 +8,7 @@ import click
 
 from lockgate import __version__
 
-_COMMAND_MODULES = ("serve", "check", "token", "secret", "audit", "demo", "ssh")
+_COMMAND_MODULES = ("serve", "check", "token", "secret", "audit", "demo", "ssh", "classify")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

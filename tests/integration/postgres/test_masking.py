@@ -450,3 +450,13 @@ def test_audit_store_holds_no_raw_values(masked_gateway: RunningGateway, conn: C
     assert _leaks("\n".join(blobs)) == []
     shown = masked_gateway.cli("audit", "search", "customers", "--json").stdout
     assert "masked:" in shown
+
+
+def test_classify_suggests_rules(masked_gateway: RunningGateway) -> None:
+    out = masked_gateway.cli("classify", "itdb").stdout
+    for column in ("ssn", "email", "card_number", "phone"):
+        assert f"public.customers.{column}," in out, out
+    assert "public.customers.name," not in out
+    assert "masking:" in out and "rules:" in out
+    # Suggestions, not data: no sampled value is printed.
+    assert _leaks(out) == []
