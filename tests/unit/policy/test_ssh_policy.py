@@ -1,0 +1,121 @@
+"""SSH guardrails: shell-aware command splitting and first-match rules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from lockgate.config.model import Manifest
+from lockgate.model import DecisionKind, Principal
+from lockgate.policy.ssh import SshPolicy, SshRequest, Unparsable, split_commands
+
+
+def _policy(*rules: dict[str, Any]) -> SshPolicy:
+    manifest = Manifest.model_validate({"ssh": {"rules": list(rules)}})
+    return SshPolicy(manifest)
+
+
+ALICE = Principal("alice", frozenset({"ops"}))
+BOB = Principal("bob", frozenset({"contractors"}))
+
+
+def test_split_commands_sees_every_simple_command() -> None:
+    assert split_commands("ls -l /tmp") == [("ls", "-l", "/tmp")]
+    assert split_commands("a; b && c | d || e & f") == [
+        ("a",),
+        ("b",),
+        ("c",),
+        ("d",),
+        ("e",),
+        ("f",),
+    ]
+    assert split_commands("echo 'a; rm -rf /'") == [("echo", "a; rm -rf /")]
+    # File names after redirections are not arguments ("2>err" leaves a stray "2").
+    assert split_commands("cat < in > out") == [("cat",)]
+
+
+def test_split_commands_looks_through_wrappers_and_nested_shells() -> None:
+    found = split_commands("FOO=1 sudo -u root env X=2 nohup rm -rf /x")
+    assert ("rm", "-rf", "/x") in found
+    assert ("rm", "-r", "/y") in split_commands("bash -c 'cd /; rm -r /y'")
+    assert ("reboot",) in split_commands("echo $(reboot)")
+    assert ("reboot",) in split_commands("echo `reboot`")
+    assert ("halt",) in split_commands("timeout 5 halt")
+
+
+def test_split_commands_refuses_unbalanced_quotes() -> None:
+    with pytest.raises(Unparsable):
+        split_commands("echo 'oops")
+
+
+def test_command_rules_first_match_wins_and_default_allows() -> None:
+    policy = _policy(
+        {"name": "ok-rm-tmp", "action": "allow", "commands": ["rm /tmp/*"]},
+        {"name": "no-rm", "commands": ["rm"]},
+        {"name": "no-rf", "commands": ["* -rf"]},
+    )
+
+    def decide(text: str) -> DecisionKind:
+        return policy.decide(ALICE, "web", SshRequest("exec", text=text)).kind
+
+    assert decide("ls") is DecisionKind.ALLOW
+    assert decide("rm /tmp/x") is DecisionKind.ALLOW
+    assert decide("/bin/rm /etc/x") is DecisionKind.DENY
+    assert decide("ls; rm /etc/x") is DecisionKind.DENY
+    assert decide("chown -rf x") is DecisionKind.DENY
+    d = policy.decide(ALICE, "web", SshRequest("exec", text="echo 'unbalanced"))
+    assert d.kind is DecisionKind.DENY and "not valid shell syntax" in d.reason
+    # A half-typed shell line is not a command yet.
+    line = SshRequest("shell-line", text="echo 'unbalanced")
+    assert policy.decide(ALICE, "web", line).allowed
+
+
+def test_rules_select_principals_and_resources() -> None:
+    policy = _policy(
+        {"name": "c", "groups": ["contractors"], "resources": ["db1"], "commands": ["*"]}
+    )
+    req = SshRequest("exec", text="ls")
+    assert not policy.decide(BOB, "db1", req).allowed
+    assert policy.decide(BOB, "db2", req).allowed
+    assert policy.decide(ALICE, "db1", req).allowed
+    assert policy.has_command_rules(BOB, "db1")
+    assert not policy.has_command_rules(ALICE, "db1")
+
+
+def test_file_rules_by_path_and_direction() -> None:
+    policy = _policy(
+        {"name": "etc", "paths": ["/etc/*"], "directions": ["download"]},
+        {"name": "ro", "groups": ["contractors"], "directions": ["upload", "modify"]},
+    )
+
+    def decide(who: Principal, path: str, direction: str) -> bool:
+        req = SshRequest("file", path=path, direction=direction)
+        return policy.decide(who, "web", req).allowed
+
+    assert not decide(ALICE, "/etc/shadow", "download")
+    assert not decide(ALICE, "/etc/../etc/shadow", "download")
+    assert decide(ALICE, "/etc/motd", "upload")
+    assert decide(ALICE, "/home/a", "download")
+    assert not decide(BOB, "/home/b", "upload")
+    assert decide(BOB, "/home/b", "download")
+
+
+def test_forwarding_is_refused_unless_a_rule_allows_it() -> None:
+    policy = _policy(
+        {"name": "pg", "action": "allow", "forwarding": ["local"],
+         "destinations": ["db:5432"]},
+    )  # fmt: skip
+    fwd = SshRequest("forward", forwarding="local", destination="db:5432")
+    assert policy.decide(ALICE, "web", fwd).allowed
+    other = SshRequest("forward", forwarding="local", destination="db:22")
+    d = policy.decide(ALICE, "web", other)
+    assert not d.allowed and "port forwarding (-L) is off" in d.reason
+    agent = SshRequest("forward", forwarding="agent")
+    assert not policy.decide(ALICE, "web", agent).allowed
+
+
+def test_subsystem_rules() -> None:
+    policy = _policy({"name": "no-sftp", "subsystems": ["sftp"]})
+    assert not policy.decide(ALICE, "w", SshRequest("subsystem", subsystem="sftp")).allowed
+    assert policy.decide(ALICE, "w", SshRequest("subsystem", subsystem="other")).allowed
