@@ -129,7 +129,7 @@ def issue(
     click.echo(f"  id {issued.jti}, expires {iso(issued.expires_at)} (in {lifetime})", err=True)
     click.echo(f"  revoke it with: lockgate token revoke {issued.jti}", err=True)
     for name in issued.scopes or ():
-        if manifest.resource(name) is None:
+        if manifest.target(name) is None:  # any type: PostgreSQL or SSH
             click.secho(
                 f"warning: resource '{name}' is not in the manifest; the token cannot reach it",
                 fg="yellow",
