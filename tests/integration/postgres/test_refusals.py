@@ -217,10 +217,14 @@ def test_revoked_token_is_refused_on_the_next_connection(
         gw.cli("token", "issue", "--subject", "bob", "--group", "it", "--json").stdout
     )
     token, jti = issued["token"], issued["jti"]
-    with psycopg.connect(gw.dsn(token, user="bob"), connect_timeout=10) as conn:
+    conn = psycopg.connect(gw.dsn(token, user="bob"), connect_timeout=10, autocommit=True)
+    try:
         assert conn.execute("select 1").fetchone() == (1,)
         gw.cli("token", "revoke", jti, "--reason", "laptop lost")
         wire, fields = _refused(gw, token)
+    finally:
+        # The gateway also ends the live session within seconds (identity.sessions).
+        conn.close()
     secrets = _secrets(gw, token, good_token)
     _check_fields(fields, "28P01", ["revoked"], secrets)
     _check_recorded(gw, wire, "28P01", secrets)
