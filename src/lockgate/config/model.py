@@ -150,6 +150,9 @@ class AccessRule(_Strict):
     resources: list[str] = Field(min_length=1)
     subjects: list[str] = []
     groups: list[str] = []
+    # The session is read-only in depth: the upstream starts with
+    # default_transaction_read_only=on and every way of turning it off is refused.
+    read_only: bool = False
 
 
 class GatewayTokens(_Strict):
@@ -290,6 +293,15 @@ class Identity(_Strict):
             raise ValueError(f"each issuer may be listed once: {', '.join(dupes)}")
         return v
 
+    @model_validator(mode="after")
+    def _gateway_issuer_is_distinct(self) -> Identity:
+        if any(i.issuer == self.gateway_tokens.issuer for i in self.oidc):
+            raise ValueError(
+                f"an oidc issuer is named '{self.gateway_tokens.issuer}', like the gateway's own "
+                "tokens (identity.gateway_tokens.issuer): give the gateway's tokens another issuer"
+            )
+        return self
+
 
 class State(_Strict):
     # SQLAlchemy URL of the state store; a relative sqlite path is relative to the manifest.
@@ -420,6 +432,70 @@ class Masking(_Strict):
 GuardrailAction = Literal["deny", "review", "allow"]
 
 
+class GuardrailMatch(_Strict):
+    """Statement facts a guardrail rule matches: every key given must hold (any listed value)."""
+
+    kinds: list[str] = []
+    flags: list[str] = []
+    functions: list[str] = []
+    # Relations touched (read or written), read, written; `schema.table` or `table`, `*` wildcards.
+    tables: list[str] = []
+    reads: list[str] = []
+    writes: list[str] = []
+
+    @model_validator(mode="after")
+    def _known_names(self) -> GuardrailMatch:
+        from lockgate.sql.analyze import KINDS
+        from lockgate.sql.catalog import FLAGS
+
+        for label, given, known in (("kind", self.kinds, KINDS), ("flag", self.flags, FLAGS)):
+            for name in given:
+                if name not in known:
+                    raise ValueError(
+                        f"unknown {label} '{name}' (expected one of: {', '.join(sorted(known))})"
+                    )
+        return self
+
+
+class GuardrailRule(_Strict):
+    """A statement rule, or (`use`) a shipped rule set applied with this entry's scope."""
+
+    name: str = ""
+    use: str | None = None
+    resources: list[str] = ["*"]
+    # Whom the rule applies to; neither subjects nor groups: everyone.
+    subjects: list[str] = []
+    groups: list[str] = []
+    match: GuardrailMatch = GuardrailMatch()
+    action: GuardrailAction = "deny"
+    message: str = ""
+    # `monitor`: record what the rule would have done and let the statement through.
+    mode: Literal["enforce", "monitor"] = "enforce"
+
+    @model_validator(mode="after")
+    def _named(self) -> GuardrailRule:
+        if self.use is None:
+            if not self.name:
+                raise ValueError("a guardrail rule needs a `name` (or `use: RULE-SET`)")
+            return self
+        from lockgate.policy.rulesets import RULE_SETS
+
+        if self.use not in RULE_SETS:
+            raise ValueError(
+                f"unknown rule set '{self.use}' (shipped: {', '.join(sorted(RULE_SETS))})"
+            )
+        if "match" in self.model_fields_set or "action" in self.model_fields_set:
+            raise ValueError("`use` takes a shipped rule set as is: no `match` or `action` here")
+        return self
+
+
+class Guardrails(_Strict):
+    # What to do with text the SQL parser cannot read (and fastpath function calls), for
+    # sessions that at least one guardrail rule applies to.
+    unparsed: GuardrailAction = "deny"
+    rules: list[GuardrailRule] = []
+
+
 class Manifest(_Strict):
     version: Literal[1] = 1
     state: State = State()
@@ -428,6 +504,7 @@ class Manifest(_Strict):
     resources: list[AnyResource] = []
     access: list[AccessRule] = []
     audit: Audit = Audit()
+    guardrails: Guardrails = Guardrails()
     masking: Masking = Masking()
     ssh: SshSettings = SshSettings()
 
