@@ -358,14 +358,25 @@ def manifest_data(pg: EmbeddedPostgres, port: int) -> dict[str, Any]:
                 }
             ]
         },
-        "access": [{"name": "analysts-reach-demo", "resources": [RESOURCE], "groups": [GROUP]}],
+        "access": [
+            {
+                "name": "analysts-reach-demo",
+                "resources": [RESOURCE],
+                "groups": [GROUP],
+                # Read-only in depth: the upstream session itself refuses writes.
+                "read_only": True,
+            }
+        ],
+        # The shipped rule set: no DDL, TRUNCATE, unbounded writes, server files, ...
+        "guardrails": {"rules": [{"use": "protect-production", "resources": [RESOURCE]}]},
     }
 
 
 _MANIFEST_HEADER = """\
 # Written by `lockgate demo` (rewritten on each run; copy it elsewhere to experiment).
 # Listener: PostgreSQL with TLS (self-signed), resource `demo` -> the embedded server,
-# members of group `analysts` may reach it. State (audit, keys, TLS material): ./state
+# members of group `analysts` may reach it, read-only, under the `protect-production`
+# guardrails. State (audit, keys, TLS material): ./state
 """
 
 
@@ -517,6 +528,9 @@ def _ready_text(
             "",
             "Masked for analyst: ssn, card_number, email, phone (also when renamed or computed):",
             "  SELECT * FROM customers LIMIT 5",
+            "",
+            "Guardrails (protect-production) and read-only access refuse, for example:",
+            "  DROP TABLE customers;  DELETE FROM customers;  UPDATE customers SET email = NULL;",
             "",
             "Then see what was recorded:",
             f"  lockgate audit sessions -c {cfg}",

@@ -12,6 +12,7 @@ import datetime as dt
 import logging
 import secrets
 from dataclasses import dataclass
+from typing import NoReturn
 
 from sqlalchemy.engine import Engine
 
@@ -20,6 +21,7 @@ from lockgate.config.model import Manifest, Resource
 from lockgate.config.ssh import SshResource
 from lockgate.errors import (
     AccessDenied,
+    CommandDenied,
     LockgateError,
     UnknownResource,
 )
@@ -38,6 +40,7 @@ from lockgate.model import (
     SessionEnd,
 )
 from lockgate.policy.access import AccessPolicy
+from lockgate.policy.guardrails import Guardrails, Verdict
 from lockgate.policy.ssh import SshPolicy, SshRequest
 from lockgate.secrets.refs import resolve_secret
 from lockgate.secrets.store import SecretStore
@@ -70,6 +73,7 @@ class Gate:
         self.verifier = IdentityVerifier(verifiers)
         self.live_sessions = LiveSessionPolicy(manifest, engine)
         self.access = AccessPolicy(manifest)
+        self.guardrails = Guardrails(manifest)
         self.ssh_policy = SshPolicy(manifest)
         self.secrets = SecretStore.for_manifest(manifest, engine)
         self.analyzer = Analyzer()
@@ -148,6 +152,7 @@ class Gate:
             resource=resource.name,
             client=client,
             started_at=dt.datetime.now(dt.UTC),
+            read_only=self.access.read_only(principal, resource.name),
         )
         await self.audit.session_started(session)
         return session
@@ -176,13 +181,28 @@ class Gate:
         return self.analyzer.analyze(sql)
 
     def admit(
-        self, session: Session, seq: int, text: str, params: tuple[str | None, ...] | None = None
+        self,
+        session: Session,
+        seq: int,
+        text: str,
+        params: tuple[str | None, ...] | None = None,
+        *,
+        opaque: bool = False,
     ) -> Admission:
         """Analyse and decide on a command; raises `CommandDenied` when a rule refuses it.
 
-        The command must then be recorded with `record` before it is forwarded.
+        A refused command is recorded here (decision, rule, the facts that matched); an
+        admitted one must then be recorded with `record` before it is forwarded. `opaque`:
+        the text only describes the command (a fastpath call), it cannot be analysed.
         """
         analysis = self.analyzer.analyze(text)
+        verdict = self.guardrails.judge(
+            session.principal,
+            session.resource,
+            analysis,
+            opaque=opaque,
+            read_only=session.read_only,
+        )
         command = Command(
             session_id=session.id,
             seq=seq,
@@ -190,9 +210,52 @@ class Gate:
             kind=analysis.kind,
             tables=analysis.tables,
             params=params if self.manifest.audit.record_parameters else None,
-            decision=ALLOWED,
+            decision=verdict.decision,
         )
+        if verdict.refused:
+            self._refuse_command(command, verdict)
         return Admission(command, analysis)
+
+    def screen(self, session: Session, seq: int, text: str) -> None:
+        """Judge a statement being prepared (it must not even be prepared if refused).
+
+        Nothing is recorded when it passes (its executions are); raises `CommandDenied`
+        after recording the refusal under `seq` otherwise.
+        """
+        analysis = self.analyzer.analyze(text)
+        verdict = self.guardrails.judge(
+            session.principal, session.resource, analysis, read_only=session.read_only
+        )
+        if verdict.refused:
+            command = Command(
+                session_id=session.id,
+                seq=seq,
+                text=text,
+                kind=analysis.kind,
+                tables=analysis.tables,
+                decision=verdict.decision,
+            )
+            self._refuse_command(command, verdict)
+
+    def _refuse_command(self, command: Command, verdict: Verdict) -> NoReturn:
+        review = verdict.decision.kind is DecisionKind.REVIEW
+        self.audit.command_refused(
+            command,
+            ResultSummary(
+                status="held for review" if review else "refused",
+                error_message=verdict.message,
+            ),
+        )
+        raise CommandDenied(
+            verdict.message,
+            hint=(
+                "ask a reviewer or an administrator to run it, or to change the rule"
+                if review
+                else "the statement was not run; if you need it, ask an administrator "
+                "about this rule"
+            ),
+            rule=verdict.decision.rule,
+        )
 
     def admit_ssh(self, session: Session, seq: int, request: SshRequest, kind: str) -> Admission:
         """Decide on an SSH request (exec, shell line, subsystem, file, forward).

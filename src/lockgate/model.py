@@ -60,6 +60,8 @@ class Session:
     resource: str
     client: ClientInfo
     started_at: datetime
+    # Read-only in depth (the access rule says `read_only: true`).
+    read_only: bool = False
 
 
 class DecisionKind(enum.StrEnum):

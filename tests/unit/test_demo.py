@@ -134,6 +134,9 @@ def test_manifest_points_at_the_embedded_server(
     assert (Path(up.host) / f".s.PGSQL.{up.port}").exists()
     (rule,) = manifest.access
     assert rule.groups == ["analysts"] and rule.resources == ["demo"]
+    assert rule.read_only
+    (guardrail,) = manifest.guardrails.rules
+    assert guardrail.use == "protect-production" and guardrail.resources == ["demo"]
 
 
 def test_manifest_loads_with_the_loader(scratch: Path, embedded: demo.EmbeddedPostgres) -> None:

@@ -199,6 +199,14 @@ class AuditRecorder:
         self.stats.flushes += 1
         return None
 
+    def command_refused(self, cmd: Command, summary: ResultSummary) -> None:
+        """Record a command policy refused (never forwarded): its record and its outcome.
+
+        Not write-ahead (nothing runs), so it rides along with the next flush.
+        """
+        self._later(_command_record(cmd))
+        self.command_finished(cmd.session_id, cmd.seq, summary)
+
     def command_finished(self, session_id: str, seq: int, summary: ResultSummary) -> None:
         """Complete a command's record with its outcome (rides along with the next flush)."""
         self._later(

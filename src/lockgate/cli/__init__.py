@@ -8,7 +8,9 @@ import click
 
 from lockgate import __version__
 
-_COMMAND_MODULES = ("serve", "check", "token", "secret", "audit", "demo", "ssh", "classify")
+_COMMAND_MODULES = (
+    "serve", "check", "token", "secret", "audit", "demo", "ssh", "classify", "policy",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -55,6 +55,7 @@ class AccessPolicy:
 
     def __init__(self, manifest: Manifest) -> None:
         self._resources: tuple[str, ...] = tuple(r.name for r in manifest.resources)
+        self._read_only = frozenset(r.name for r in manifest.access if r.read_only)
         compiled = [(rule, _compile(rule)) for rule in manifest.access]
         self._rules_for: dict[str, tuple[_CompiledRule, ...]] = {
             name: tuple(
@@ -98,6 +99,11 @@ class AccessPolicy:
                 "ask an admin to add an access rule that covers it"
             ),
         )
+
+    def read_only(self, principal: Principal, resource_name: str) -> bool:
+        """Whether the rule that lets `principal` reach the resource makes sessions read-only."""
+        decision = self.check(principal, resource_name)
+        return decision.allowed and decision.rule in self._read_only
 
     def reachable(self, principal: Principal) -> list[str]:
         """Resources this principal may connect to, in manifest order."""

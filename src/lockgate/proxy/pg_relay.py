@@ -16,6 +16,15 @@ the gateway must deliver in turn). Response messages pop it: `1` `2` `3` `n`/`T`
 protocol the server skips to the next Sync, and so does the FIFO; `Z` finishes `Q` or `S`.
 When an `L` reaches the head, its bytes are written at exactly that point of the stream,
 so a refusal reaches the client in the order it expects.
+
+Guardrail refusals go through the server instead. A refused `Query`/fastpath call is
+replaced by a fixed statement that fails to parse (`_FAIL_SQL`), and a refused `Parse` or
+`Execute` by a `Parse` of it; the server answers with an error, which the relay swaps for
+the refusal (the op's `local`). Why not answer locally: inside a transaction block the
+client must see PostgreSQL's failed-transaction semantics (`25P02` until ROLLBACK), and
+only the server can put its transaction in that state; outside one, the failing statement
+has no effect. The refused text itself never reaches the server, and extended-protocol
+messages after the refusal are skipped up to `Sync`, as the server would skip them.
 """
 
 from __future__ import annotations
@@ -46,6 +55,13 @@ _ONE, _TWO, _THREE, _T, _NODATA, _SUSPENDED, _I, _Z = b"123TnsIZ"
 _L = ord("L")
 _STEPS = frozenset((_P, _B, _C, _D))
 _TRACKED = frozenset((_P, _B, _C, _D, _S))
+
+# What replaces a refused command upstream: a syntax error, so it fails in every state
+# (and, inside a transaction block, fails the transaction) without touching anything.
+_FAIL_SQL = b"LOCKGATE REFUSED THIS STATEMENT"
+_FAIL_QUERY = m.message(b"Q", _FAIL_SQL + b"\x00")
+# A named statement: failing to parse it leaves the client's unnamed statement alone.
+_FAIL_PARSE = m.message(b"P", b"lockgate_refused\x00" + _FAIL_SQL + b"\x00\x00\x00")
 
 # Frontend message types that may appear after startup.
 _FRONTEND_TYPES = frozenset(b"QPBDCESHXFdcfp")
@@ -106,6 +122,8 @@ class PgRelay:
         self._tx_status = b"I"
         # Set while the rest of an extended-protocol batch is skipped: the error for its Sync.
         self._skip_error = b""
+        # Set while skipping after a refusal the server was made to fail (Sync goes as is).
+        self._skipping = False
         self._terminated = False
         self._record_params = gate.manifest.audit.record_parameters
         # None unless a masking rule applies to this session: then the relay masks results.
@@ -195,15 +213,17 @@ class PgRelay:
         now = time.perf_counter()
         for off, end in spans:
             t = buf[off]
-            if self._skip_error:
+            if self._skip_error or self._skipping:
                 # An earlier message of this extended-protocol batch was refused: like
-                # PostgreSQL, skip everything up to Sync, which is answered with the error.
+                # PostgreSQL, skip everything up to Sync, which is answered with the error
+                # (or, after a refusal the server failed, by the server).
                 if off > run_start:
                     out.append((mv[run_start:off], None))
                 run_start = end
                 if t == _S:
                     out.append((m.SYNC, _Op(_S, local=self._skip_error)))
                     self._skip_error = b""
+                    self._skipping = False
                 continue
             if t == _Q or t == _E or t == _F:
                 if off > run_start:
@@ -224,18 +244,28 @@ class PgRelay:
                 if self._masker is not None and t != _F:
                     portal = m.parse_execute(payload)[0] if t == _E else ""
                     op.mask = self._masker.command(t, text, portal)
-                adm = self._admit(text, params, op)
+                adm = self._admit(text, params, op, opaque=t == _F)
                 if isinstance(adm, Admission):
                     plan.admissions.append(adm)
                     out.append((mv[off:end], op))
                 elif t == _E:
-                    self._skip_error = adm
+                    out.append((_FAIL_PARSE, _Op(_P, local=adm)))
+                    self._skipping = True
                 else:
-                    out.append((b"", _Op(_L, local=adm)))
+                    out.append((_FAIL_QUERY, _Op(_Q, local=adm)))
                 continue
             if t == _P:
                 parsed = m.parse_parse(bytes(buf[off + 5 : end]))
                 self._statements[parsed.statement] = parsed.query
+                refusal = self._screen(parsed.query)
+                if refusal is not None:
+                    # Not even prepared: the server fails a stand-in Parse instead.
+                    if off > run_start:
+                        out.append((mv[run_start:off], None))
+                    run_start = end
+                    out.append((_FAIL_PARSE, _Op(_P, local=refusal)))
+                    self._skipping = True
+                    continue
             elif t == _B:
                 bind = m.parse_bind(bytes(buf[off + 5 : end]))
                 params = m.bind_param_texts(bind) if self._record_params else None
@@ -262,19 +292,29 @@ class PgRelay:
         return plan
 
     def _admit(
-        self, text: str, params: tuple[str | None, ...] | None, op: _Op
+        self, text: str, params: tuple[str | None, ...] | None, op: _Op, *, opaque: bool = False
     ) -> Admission | bytes:
-        """Admit a command, or return the ErrorResponse that refuses it."""
+        """Admit a command, or return the ErrorResponse that refuses it (already recorded)."""
         self._seq += 1
         op.seq = self._seq
         try:
-            if self._masker is not None:
+            if self._masker is not None and not opaque:
                 refusal = self._masker.refusal(text)
                 if refusal is not None:
                     raise refusal
-            return self.gate.admit(self.session, self._seq, text, params)
+            return self.gate.admit(self.session, self._seq, text, params, opaque=opaque)
         except LockgateError as exc:
+            op.seq = 0
             return _error_bytes(exc)
+
+    def _screen(self, text: str) -> bytes | None:
+        """None if a statement may be prepared, else the ErrorResponse refusing it."""
+        try:
+            self.gate.screen(self.session, self._seq + 1, text)
+        except LockgateError as exc:
+            self._seq += 1
+            return _error_bytes(exc)
+        return None
 
     def _refuse_plan(self, plan: _Plan, error: bytes) -> _Plan:
         """Rewrite a plan whose commands could not be recorded: none of them may run."""
@@ -414,6 +454,12 @@ class PgRelay:
                 elif head.kind == _Q and t == _I:
                     head.status = "empty"
             elif t == _E:
+                if head.local and head.kind != _S:
+                    # The stand-in for a refused command failed: the client gets the refusal.
+                    if off > flushed:
+                        write(buf[flushed:off])
+                    write(head.local)
+                    flushed = end
                 fields = m.parse_error_fields(masked_error or bytes(buf[off + 5 : end]))
                 head.error_code = fields.get("C")
                 head.error_message = fields.get("M")

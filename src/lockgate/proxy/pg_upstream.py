@@ -19,8 +19,15 @@ from lockgate.proxy.tls import upstream_context
 log = logging.getLogger("lockgate.upstream")
 
 # Startup parameters a client may not pass through: identity and routing are the gateway's,
-# `options` could switch settings (e.g. read-only) off, `_pq_` are protocol extensions.
-_BLOCKED_PARAMS = frozenset({"user", "database", "replication", "options"})
+# `options` could switch settings (e.g. read-only) off, `_pq_` are protocol extensions;
+# `role`/`session_authorization` would switch roles and the read-only settings would turn a
+# read-only session writable, all before any statement could be judged.
+_BLOCKED_PARAMS = frozenset(
+    {
+        "user", "database", "replication", "options", "role", "session_authorization",
+        "default_transaction_read_only", "transaction_read_only",
+    }
+)  # fmt: skip
 
 
 @dataclass
@@ -103,8 +110,14 @@ async def connect_upstream(
     manifest: Manifest,
     password: str | None,
     client_params: dict[str, str],
+    *,
+    read_only: bool = False,
 ) -> UpstreamConnection:
-    """Connect and authenticate to `resource`'s server; raise UpstreamError (safe message)."""
+    """Connect and authenticate to `resource`'s server; raise UpstreamError (safe message).
+
+    `read_only`: the session starts with `default_transaction_read_only=on` (a startup
+    parameter, so `RESET`/`DISCARD ALL` return to it).
+    """
     up = resource.upstream
     try:
         ep = await open_transport(up.host, up.port, up.connect_timeout)
@@ -118,7 +131,8 @@ async def connect_upstream(
         raise err from None
     try:
         return await asyncio.wait_for(
-            _handshake(ep, resource, manifest, password, client_params), up.connect_timeout
+            _handshake(ep, resource, manifest, password, client_params, read_only),
+            up.connect_timeout,
         )
     except UpstreamError:
         ep.abort()
@@ -174,11 +188,14 @@ async def _handshake(
     manifest: Manifest,
     password: str | None,
     client_params: dict[str, str],
+    read_only: bool = False,
 ) -> UpstreamConnection:
     up = resource.upstream
     conn = UpstreamConnection(ep)
     conn.tls = await _negotiate_tls(ep, resource, manifest)
     params = {"user": up.user, "database": up.database, **forwardable_parameters(client_params)}
+    if read_only:
+        params["default_transaction_read_only"] = "on"
     ep.write(m.startup_message(params))
     scram: ScramClient | None = None
     while True:

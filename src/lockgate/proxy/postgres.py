@@ -281,7 +281,9 @@ class PostgresEngine:
             await self._refuse(client, info, resource_name, subject, sqlstate.CANNOT_CONNECT_NOW, exc)
             return
         try:
-            upstream = await connect_upstream(resource, gate.manifest, password, startup.parameters)
+            upstream = await connect_upstream(
+                resource, gate.manifest, password, startup.parameters, read_only=session.read_only
+            )
         except LockgateError as exc:
             code = error_for(exc)[0]
             client.write(m.error_response(code, error_for(exc)[1], severity="FATAL", hint=exc.hint))

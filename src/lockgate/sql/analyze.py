@@ -3,21 +3,68 @@
 Theory of operation
 -------------------
 `Analyzer.analyze(sql)` returns an `Analysis`: one `StatementFacts` per statement in the
-string, or the parser's error. Parsing a statement into Python objects costs tens of
-microseconds, so results are cached twice: by exact text, and by the statement's
-*fingerprint* (libpg_query's hash of the parse tree with constants removed, ~3 µs), so
-`... WHERE aid = 1` and `... WHERE aid = 2` share one analysis. Only facts that cannot
-depend on constant values are stored under a fingerprint (`shape_only`).
+string, or the parser's error. Facts come from walking the parse tree (`_Walk`), never
+from looking at the text: keywords in any case, comments inside them, quoted or
+Unicode-escaped identifiers all reach us as the same tree the server will execute.
+
+The walk tracks whether the node it is in *executes now*: the statement under
+`EXPLAIN ANALYZE`, a data-modifying CTE, the query of `COPY (…) TO`, `CREATE TABLE AS`,
+the statement a `PREPARE` names (judged when prepared; `EXECUTE` runs only what was
+admitted) all do; the query of `CREATE VIEW`, a function body or a plain `EXPLAIN` do not.
+Kinds and written relations count only where something executes; function calls and the
+flags they raise count everywhere (conservative: a view or function body runs later).
+
+Caching. Parsing costs tens of microseconds, so results are cached twice: by exact text,
+and by the statement's *fingerprint* (libpg_query's hash of the parse tree without
+constant values, ~3 µs), so `… WHERE aid = 1` and `… WHERE aid = 2` share one analysis.
+A fact may be served by fingerprint only if it cannot depend on what the fingerprint
+leaves out. The walk sets `text_dependent` where it reads such a part:
+- a constant's value: two constants compared or a constant in a boolean position in an
+  UPDATE/DELETE's WHERE (`1=1`, `'a'='a'`, `true`), a SET/BEGIN/SET TRANSACTION/EXPLAIN
+  option value, the arguments of `set_config(...)`;
+- a DO block or function body, and its language (the fingerprint ignores both);
+Whether the walk reads such a part depends only on the tree's shape, never on the values,
+so every text with one fingerprint agrees; an analysis with any text-dependent statement
+is cached by exact text only. One more part is left out that the walk cannot flag this
+way: the schema of a DML relation (`DELETE FROM a.t`, `DELETE FROM b.t` and
+`DELETE FROM t` share one fingerprint). A qualified name needs a `.` in the text, so a
+text holding a `.` is never served from, nor stored in, the fingerprint cache. (Measured against libpg_query's fingerprint in
+`tests/unit/sql/test_analyze.py::test_fingerprint_*`.)
 """
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 import pglast
-from pglast import ast, visitors
-from pglast.parser import ParseError, fingerprint
+from pglast import ast
+from pglast.enums import ObjectType, VariableSetKind
+from pglast.parser import ParseError, fingerprint, parse_plpgsql_json
+
+from lockgate.sql import catalog as fn
+from lockgate.sql.catalog import (
+    ALTER_SYSTEM,
+    COPY_PROGRAM,
+    CREATE_EXTENSION,
+    CREATE_FUNCTION,
+    DYNAMIC_SQL,
+    READ_ONLY_ESCAPE,
+    REMOTE_ACCESS,
+    ROLE_SWITCH,
+    SERVER_FILE,
+    UNBOUNDED_WRITE,
+)
+from lockgate.sql.predicates import (
+    always_true,
+    const_value,
+    names,
+    option_value,
+    qualified,
+    word_truth,
+)
 
 _KIND_BY_NODE = {
     "SelectStmt": "select",
@@ -49,17 +96,52 @@ _KIND_BY_NODE = {
     "DiscardStmt": "discard",
     "CheckPointStmt": "checkpoint",
     "AlterSystemStmt": "alter_system",
+    "LoadStmt": "load",
 }
+# Statements that define or change schema objects besides the Create*/Alter*/Drop* ones.
+_DDL_NODES = frozenset(
+    {
+        "IndexStmt", "ViewStmt", "RuleStmt", "DefineStmt", "CompositeTypeStmt", "CommentStmt",
+        "SecLabelStmt", "ImportForeignSchemaStmt", "ReassignOwnedStmt", "RenameStmt",
+        "ReindexStmt", "ClusterStmt", "RefreshMatViewStmt",
+    }
+)  # fmt: skip
+# Every kind a rule may name: the node kinds plus the categories added by the walk.
+KINDS = frozenset(_KIND_BY_NODE.values()) | {
+    "reset", "revoke", "create", "alter", "drop", "ddl", "create_table_as", "copy_to",
+    "copy_from", "index", "view", "rule", "comment", "refreshmatview", "cluster", "reindex",
+}  # fmt: skip
+# MergeWhenClause.commandType (CmdType): UPDATE, INSERT, DELETE.
+_MERGE_ACTIONS = {2: "update", 3: "insert", 4: "delete"}
+_READ_ONLY_SETTINGS = frozenset({"default_transaction_read_only", "transaction_read_only"})
+_ROLE_SETTINGS = frozenset({"role", "session_authorization"})
+_RELATION_DROPS = frozenset(
+    {
+        ObjectType.OBJECT_TABLE, ObjectType.OBJECT_VIEW, ObjectType.OBJECT_MATVIEW,
+        ObjectType.OBJECT_INDEX, ObjectType.OBJECT_SEQUENCE, ObjectType.OBJECT_FOREIGN_TABLE,
+    }
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
 class StatementFacts:
-    """Facts about one statement that policy and audit use."""
+    """Facts about one statement that policy and audit use.
+
+    `kind` is the top-level statement; `kinds` everything it performs (nested ones
+    included, e.g. {"select", "delete"} for a data-modifying CTE). Relations are named as
+    written (schema-qualified where given); functions likewise.
+    """
 
     kind: str
     node: str
     tables: tuple[str, ...] = ()
     functions: tuple[str, ...] = ()
+    kinds: frozenset[str] = frozenset()
+    reads: tuple[str, ...] = ()
+    writes: tuple[str, ...] = ()
+    flags: frozenset[str] = frozenset()
+    settings: tuple[str, ...] = ()
+    text_dependent: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +160,10 @@ class Analysis:
     def tables(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(t for s in self.statements for t in s.tables))
 
+    @property
+    def text_dependent(self) -> bool:
+        return any(s.text_dependent for s in self.statements)
+
 
 def _kind(node: ast.Node) -> str:
     name = type(node).__name__
@@ -85,41 +171,351 @@ def _kind(node: ast.Node) -> str:
     if kind is not None:
         if kind == "select" and getattr(node, "intoClause", None) is not None:
             return "create_table_as"
+        if kind == "set" and getattr(node, "kind", None) in (
+            VariableSetKind.VAR_RESET,
+            VariableSetKind.VAR_RESET_ALL,
+        ):
+            return "reset"
+        if kind == "grant" and not getattr(node, "is_grant", True):
+            return "revoke"
         return kind
-    for prefix, k in (("Create", "create"), ("Alter", "alter"), ("Drop", "drop"), ("Rename", "alter")):
+    if name == "CreateTableAsStmt":
+        return "create_table_as"
+    for prefix, k in (
+        ("Create", "create"),
+        ("Alter", "alter"),
+        ("Drop", "drop"),
+        ("Rename", "alter"),
+    ):
         if name.startswith(prefix):
             return k
     return name.removesuffix("Stmt").lower()
 
 
-def _qualified(parts: tuple[str | None, ...]) -> str:
-    return ".".join(p for p in parts if p)
+def _is_ddl(name: str) -> bool:
+    if name in _DDL_NODES:
+        return True
+    return name.startswith(("Create", "Alter", "Drop")) and name != "AlterSystemStmt"
 
 
-class _Collector(visitors.Visitor):
+class _Walk:
+    """One pass over a statement's tree, collecting its facts."""
+
     def __init__(self) -> None:
-        self.tables: dict[str, None] = {}
+        self.kinds: dict[str, None] = {}
+        self.reads: dict[str, None] = {}
+        self.writes: dict[str, None] = {}
         self.functions: dict[str, None] = {}
-        self.cte_names: set[str] = set()
+        self.flags: set[str] = set()
+        self.settings: dict[str, None] = {}
+        self.ctes: set[str] = set()
+        self.targets: set[int] = set()
+        self.text_dependent = False
+        self.depth = 0
 
-    def visit_CommonTableExpr(self, _ancestors: object, node: ast.CommonTableExpr) -> None:
-        if node.ctename:
-            self.cte_names.add(node.ctename)
+    # -- generic traversal ----------------------------------------------------------------
+    def visit(self, node: Any, ex: bool) -> None:
+        if isinstance(node, tuple | list):
+            for n in node:
+                self.visit(n, ex)
+            return
+        if not isinstance(node, ast.Node):
+            return
+        name = type(node).__name__
+        if name.endswith("Stmt"):
+            self._statement(node, name, ex)
+            if ex and _is_ddl(name) and name != "CreateTableAsStmt":
+                # A definition runs nothing now: a view's query, a rule's actions.
+                ex = False
+        handler = getattr(self, "_" + name, None)
+        if handler is None or handler(node, ex) is not True:
+            self.children(node, ex)
 
-    def visit_RangeVar(self, _ancestors: object, node: ast.RangeVar) -> None:
-        name = _qualified((node.catalogname, node.schemaname, node.relname))
-        self.tables[name] = None
+    def children(self, node: ast.Node, ex: bool, skip: tuple[str, ...] = ()) -> None:
+        for attr in node.__slots__:  # type: ignore[attr-defined]
+            if attr in skip:
+                continue
+            value = getattr(node, attr, None)
+            if isinstance(value, ast.Node | tuple | list):
+                self.visit(value, ex)
 
-    def visit_FuncCall(self, _ancestors: object, node: ast.FuncCall) -> None:
-        parts = tuple(getattr(n, "sval", "") for n in node.funcname or ())
-        self.functions[_qualified(parts)] = None
+    def _statement(self, node: ast.Node, name: str, ex: bool) -> None:
+        with_clause = getattr(node, "withClause", None)
+        if with_clause is not None:
+            # CTE names shadow relations in the whole statement: know them before its FROM.
+            self.ctes.update(c.ctename for c in with_clause.ctes or () if c.ctename)
+        if not ex:
+            return
+        kind = _kind(node)
+        self.kinds[kind] = None
+        if _is_ddl(name) or kind == "create_table_as":
+            self.kinds["ddl"] = None
+            relation = getattr(node, "view" if name == "ViewStmt" else "relation", None)
+            if isinstance(relation, ast.RangeVar):
+                self.targets.add(id(relation))
+
+    # -- relations ------------------------------------------------------------------------
+    def _RangeVar(self, node: ast.RangeVar, ex: bool) -> bool:
+        name = qualified((node.catalogname, node.schemaname, node.relname))
+        if node.schemaname is None and name in self.ctes:
+            return True
+        if id(node) in self.targets:
+            self.writes[name] = None
+        else:
+            self.reads[name] = None
+        return True
+
+    def _write_target(self, node: Any, ex: bool) -> None:
+        relation = getattr(node, "relation", None)
+        if ex and isinstance(relation, ast.RangeVar):
+            self.targets.add(id(relation))
+
+    def _MergeWhenClause(self, node: ast.MergeWhenClause, ex: bool) -> None:
+        if ex:
+            self.kinds[_MERGE_ACTIONS.get(int(node.commandType or 0), "merge")] = None
+
+    _InsertStmt = _MergeStmt = _write_target
+
+    def _UpdateStmt(self, node: ast.UpdateStmt | ast.DeleteStmt, ex: bool) -> None:
+        self._write_target(node, ex)
+        if ex and (node.whereClause is None or self._truth(node.whereClause) is True):
+            self.flags.add(UNBOUNDED_WRITE)
+
+    _DeleteStmt = _UpdateStmt
+
+    def _TruncateStmt(self, node: ast.TruncateStmt, ex: bool) -> None:
+        for rel in node.relations or ():
+            if ex:
+                self.targets.add(id(rel))
+
+    def _IntoClause(self, node: ast.IntoClause, ex: bool) -> None:
+        if ex:
+            self.targets.add(id(node.rel))
+
+    def _DropStmt(self, node: ast.DropStmt, ex: bool) -> bool:
+        if node.removeType in _RELATION_DROPS:
+            for obj in node.objects or ():
+                self.writes[names(obj)] = None
+        return True
+
+    # -- statements that run another one ----------------------------------------------------
+    def _ExplainStmt(self, node: ast.ExplainStmt, ex: bool) -> bool:
+        analyze = False
+        for opt in node.options or ():
+            if opt.defname == "analyze":
+                if opt.arg is not None:
+                    self.text_dependent = True
+                # `ANALYZE` with a value we cannot read counts as on: it would execute.
+                analyze = opt.arg is None or word_truth(option_value(opt.arg)) is not False
+        self.visit(node.query, ex and analyze)
+        return True
+
+    def _CopyStmt(self, node: ast.CopyStmt, ex: bool) -> None:
+        if ex:
+            self.kinds["copy_from" if node.is_from else "copy_to"] = None
+            if node.is_from and node.relation is not None and ex:
+                self.targets.add(id(node.relation))
+        if node.filename is not None:
+            self.flags.add(COPY_PROGRAM if node.is_program else SERVER_FILE)
+
+    # -- settings, roles, transactions ------------------------------------------------------
+    def _VariableSetStmt(self, node: ast.VariableSetStmt, ex: bool) -> bool:
+        kind, name = node.kind, (node.name or "").lower()
+        if kind == VariableSetKind.VAR_RESET_ALL:
+            self.settings["all"] = None
+            self.flags.add(READ_ONLY_ESCAPE)
+            return True
+        if kind == VariableSetKind.VAR_SET_MULTI:
+            self._transaction_options(node.args)
+            return True
+        self.settings[name] = None
+        if name in _ROLE_SETTINGS:
+            self.flags.add(ROLE_SWITCH)
+        if name in _READ_ONLY_SETTINGS:
+            if kind != VariableSetKind.VAR_SET_VALUE:
+                self.flags.add(READ_ONLY_ESCAPE)
+            else:
+                self.text_dependent = True
+                values = [option_value(a) for a in node.args or ()]
+                if len(values) != 1 or word_truth(values[0]) is not True:
+                    self.flags.add(READ_ONLY_ESCAPE)
+        elif node.args:
+            self.text_dependent = True
+        return True
+
+    def _TransactionStmt(self, node: ast.TransactionStmt, ex: bool) -> bool:
+        self._transaction_options(node.options)
+        return True
+
+    def _transaction_options(self, options: Any) -> None:
+        for opt in options or ():
+            if getattr(opt, "defname", "") == "transaction_read_only":
+                self.text_dependent = True
+                if word_truth(option_value(opt.arg)) is not True:
+                    self.flags.add(READ_ONLY_ESCAPE)
+
+    def _AlterSystemStmt(self, node: ast.AlterSystemStmt, ex: bool) -> bool:
+        self.flags.add(ALTER_SYSTEM)
+        setting = node.setstmt.name if node.setstmt is not None else None
+        self.settings[(setting or "all").lower()] = None
+        return True
+
+    # -- functions and extensions ------------------------------------------------------------
+    def _FuncCall(self, node: ast.FuncCall, ex: bool) -> None:
+        name = names(node.funcname)
+        self.functions[name] = None
+        base = name.rpartition(".")[2].lower()
+        self.flags.update(fn.function_flags(base))
+        if base == "set_config":
+            self.text_dependent = True
+            ok, value = const_value(node.args[0]) if node.args else (False, None)
+            setting = value.lower() if ok and isinstance(value, str) else ""
+            if not setting or setting in _READ_ONLY_SETTINGS:
+                self.flags.add(READ_ONLY_ESCAPE)
+            if not setting or setting in _ROLE_SETTINGS:
+                self.flags.add(ROLE_SWITCH)
+
+    def _CreateFunctionStmt(self, node: ast.CreateFunctionStmt, ex: bool) -> bool:
+        self.flags.add(CREATE_FUNCTION)
+        self.functions[names(node.funcname)] = None
+        options = {o.defname: o.arg for o in node.options or ()}
+        language = getattr(options.get("language"), "sval", "sql").lower()
+        body = options.get("as")
+        if body is not None:
+            self.text_dependent = True
+            text = getattr(body[0], "sval", "") if isinstance(body, tuple) else ""
+            self._body(text, language, node)
+        self.children(node, False, skip=("options",))
+        return True
+
+    def _DoStmt(self, node: ast.DoStmt, ex: bool) -> bool:
+        self.flags.add(DYNAMIC_SQL)
+        self.text_dependent = True
+        options = {o.defname: o.arg for o in node.args or ()}
+        language = getattr(options.get("language"), "sval", "plpgsql").lower()
+        text = getattr(options.get("as"), "sval", "")
+        self._body(text, language, None, ex)
+        return True
+
+    def _CreateExtensionStmt(self, node: ast.CreateExtensionStmt, ex: bool) -> bool:
+        self.flags.add(CREATE_EXTENSION)
+        if node.extname in fn.REMOTE_EXTENSIONS:
+            self.flags.add(REMOTE_ACCESS)
+        return True
+
+    def _remote(self, node: Any, ex: bool) -> None:
+        self.flags.add(REMOTE_ACCESS)
+
+    _CreateForeignServerStmt = _CreateUserMappingStmt = _CreateForeignTableStmt = _remote
+    _ImportForeignSchemaStmt = _AlterForeignServerStmt = _AlterUserMappingStmt = _remote
+
+    def _LoadStmt(self, node: Any, ex: bool) -> None:
+        self.flags.add(SERVER_FILE)
+
+    def _body(self, text: str, language: str, create: ast.Node | None, ex: bool = False) -> None:
+        """Facts of a function or DO body; what cannot be read is dynamic SQL (opaque)."""
+        if language == "sql":
+            try:
+                stmts = pglast.parse_sql(text)
+            except ParseError:
+                self.flags.add(DYNAMIC_SQL)
+                return
+            self._nested([r.stmt for r in stmts], ex)
+        elif language == "plpgsql":
+            body = _dollar(text)
+            wrapped = (
+                f"DO {body}"
+                if create is None
+                else f"CREATE FUNCTION f() RETURNS void AS {body} LANGUAGE plpgsql"
+            )
+            try:
+                tree = json.loads(parse_plpgsql_json(wrapped))
+            except (ParseError, ValueError):
+                self.flags.add(DYNAMIC_SQL)
+                return
+            self._plpgsql(tree, ex)
+        else:
+            self.flags.add(DYNAMIC_SQL)
+
+    def _plpgsql(self, tree: Any, ex: bool) -> None:
+        stack = [tree]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, list):
+                stack.extend(item)
+                continue
+            if not isinstance(item, dict):
+                continue
+            for key, value in item.items():
+                if key in fn.PLPGSQL_DYNAMIC:
+                    self.flags.add(DYNAMIC_SQL)
+                if key == "PLpgSQL_expr" and isinstance(value, dict):
+                    self._plpgsql_expr(
+                        str(value.get("query", "")), int(value.get("parseMode", 0)), ex
+                    )
+                stack.append(value)
+
+    def _plpgsql_expr(self, query: str, mode: int, ex: bool) -> None:
+        text = query if mode == 0 else f"SELECT {query}"
+        try:
+            stmts = pglast.parse_sql(text)
+        except ParseError:
+            # Assignments (`x := …`) and the like: only their right-hand side is SQL.
+            _, sep, rhs = query.partition(":=")
+            try:
+                stmts = pglast.parse_sql(f"SELECT {rhs}") if sep else ()
+            except ParseError:
+                stmts = ()
+            if not stmts:
+                self.flags.add(DYNAMIC_SQL)
+                return
+        self._nested([r.stmt for r in stmts], ex)
+
+    def _nested(self, stmts: list[Any], ex: bool) -> None:
+        self.depth += 1
+        try:
+            if self.depth > 8:
+                self.flags.add(DYNAMIC_SQL)
+                return
+            self.visit(stmts, ex)
+        finally:
+            self.depth -= 1
+
+    # -- always-true predicates --------------------------------------------------------------
+    def _truth(self, node: Any) -> bool | None:
+        truth, read_constant = always_true(node)
+        if read_constant:
+            self.text_dependent = True
+        return truth
+
+    def facts(self, stmt: ast.Node) -> StatementFacts:
+        tables = tuple(dict.fromkeys((*self.writes, *self.reads)))
+        return StatementFacts(
+            kind=_kind(stmt),
+            node=type(stmt).__name__,
+            tables=tables,
+            functions=tuple(self.functions),
+            kinds=frozenset(self.kinds),
+            reads=tuple(self.reads),
+            writes=tuple(self.writes),
+            flags=frozenset(self.flags),
+            settings=tuple(self.settings),
+            text_dependent=self.text_dependent,
+        )
 
 
-def _facts(stmt: ast.Node) -> StatementFacts:
-    c = _Collector()
-    c(stmt)
-    tables = tuple(t for t in c.tables if t not in c.cte_names)
-    return StatementFacts(_kind(stmt), type(stmt).__name__, tables, tuple(c.functions))
+def _dollar(text: str) -> str:
+    tag = "$lockgate$"
+    while tag in text:
+        tag = tag[:-1] + "x$"
+    return f"{tag}{text}{tag}"
+
+
+def statement_facts(stmt: ast.Node) -> StatementFacts:
+    """The facts of one parsed statement."""
+    walk = _Walk()
+    walk.visit(stmt, True)
+    return walk.facts(stmt)
 
 
 class Analyzer:
@@ -135,6 +531,10 @@ class Analyzer:
         hit = self._by_text.get(sql)
         if hit is not None:
             return hit
+        if "." in sql:
+            result = self._parse(sql)
+            self._remember(self._by_text, sql, result)
+            return result
         try:
             shape = fingerprint(sql)
         except ParseError as exc:
@@ -144,7 +544,8 @@ class Analyzer:
         cached = self._by_shape.get(shape)
         if cached is None:
             result = self._parse(sql)
-            self._remember(self._by_shape, shape, result)
+            if not result.text_dependent:
+                self._remember(self._by_shape, shape, result)
         else:
             result = cached
         self._remember(self._by_text, sql, result)
@@ -156,7 +557,12 @@ class Analyzer:
             raws = pglast.parse_sql(sql)
         except ParseError as exc:
             return Analysis((), error=str(exc))
-        return Analysis(tuple(_facts(raw.stmt) for raw in raws if raw.stmt is not None))
+        try:
+            return Analysis(
+                tuple(statement_facts(raw.stmt) for raw in raws if raw.stmt is not None)
+            )
+        except RecursionError:
+            return Analysis((), error="statement too deeply nested to analyse")
 
     def _remember(self, cache: OrderedDict[str, Analysis], key: str, value: Analysis) -> None:
         cache[key] = value
