@@ -111,69 +111,82 @@ class MaskPlan:
 
     def rewrite_rows(self, buf: bytes | bytearray | memoryview, start: int, stop: int) -> bytes:
         """DataRow messages in `buf[start:stop]`, planned cells masked."""
-        mv = memoryview(buf)
-        out: list[bytes | memoryview] = []
+        data = buf if isinstance(buf, (bytes, bytearray)) else bytes(buf)
         unpack = _I32.unpack_from
-        actions = self.actions
-        last = self.last
+        planned = [(i, a) for i, a in enumerate(self.actions) if a is not None]
+        caches: list[dict[bytes, tuple[bytes | None, int]]] = [{} for _ in planned]
+        masked = [0] * len(planned)
+        cell_of = self._cell
+        out = bytearray()
         pos = start
         while pos < stop:
-            (length,) = unpack(buf, pos + 1)
+            (length,) = unpack(data, pos + 1)
             end = pos + 1 + length
             p = pos + 7
-            parts: list[bytes | memoryview] = []
-            copied = pos + 7
-            changed = False
-            for i in range(last + 1):
-                (n,) = unpack(buf, p)
-                cell = p + 4
-                action = actions[i]
-                if action is None or n < 0:
-                    p = cell + (n if n > 0 else 0)
+            field = 0
+            copied = p
+            row: bytearray | None = None
+            for k, (idx, action) in enumerate(planned):
+                while field < idx:
+                    (n,) = unpack(data, p)
+                    p += 4 + (n if n > 0 else 0)
+                    field += 1
+                (n,) = unpack(data, p)
+                field += 1
+                if n < 0:
+                    p += 4
                     continue
-                new = self._cell(action, mv[cell : cell + n])
-                if new is not None and new is not _SAME:
-                    parts.append(mv[copied:p])
-                    parts.append(new)
-                    copied = cell + n
-                    changed = True
-                elif new is None:
-                    parts.append(mv[copied:p])
-                    parts.append(b"\xff\xff\xff\xff")
-                    copied = cell + n
-                    changed = True
-                p = cell + n
-            if not changed:
-                out.append(mv[pos:end])
+                raw = bytes(data[p + 4 : p + 4 + n])
+                cache = caches[k]
+                got = cache.get(raw)
+                if got is None:
+                    got = cell_of(action, raw)
+                    if len(cache) < _CACHE_LIMIT:
+                        cache[raw] = got
+                new, found = got
+                masked[k] += found
+                if new is not None:
+                    if row is None:
+                        row = bytearray(data[pos + 5 : pos + 7])
+                    row += data[copied:p]
+                    row += new
+                    copied = p + 4 + n
+                p += 4 + n
+            if row is None:
+                out += data[pos:end]
             else:
-                parts.append(mv[copied:end])
-                body = b"".join(parts)
-                out.append(b"D" + _I32.pack(len(body) + 6) + bytes(mv[pos + 5 : pos + 7]) + body)
+                row += data[copied:end]
+                out += b"D"
+                out += _I32.pack(len(row) + 4)
+                out += row
             pos = end
-        return b"".join(out)
+        counts = self.counts
+        for k, (_, action) in enumerate(planned):
+            if masked[k]:
+                counts[action.rule] = counts.get(action.rule, 0) + masked[k]
+        return bytes(out)
 
-    def _cell(self, a: CellAction, raw: memoryview) -> bytes | None:
-        """The new cell (length + bytes), None for NULL, or `_SAME` to keep it."""
+    def _cell(self, a: CellAction, raw: bytes) -> tuple[bytes | None, int]:
+        """(the new cell as length + bytes, or None to keep it; masked cells counted)."""
         if a.kind == DETECT:
             text = _as_text(a.type_oid, a.fmt, raw)
             if text is None:
-                return _SAME
+                return None, 0
             masked, found = self.policy.scrub(text)
             if not found:
-                return _SAME
-            self.counts[a.rule] = self.counts.get(a.rule, 0) + found
+                return None, 0
             if a.fmt == 1 and a.type_oid == JSONB_OID:
-                return _encode("\x01" + masked)
-            return _encode(masked)
-        self.counts[a.rule] = self.counts.get(a.rule, 0) + 1
+                return _encode("\x01" + masked), found
+            return _encode(masked), found
         text = _as_text(a.type_oid, a.fmt, raw)
         if text is None:
-            text = "\\x" + bytes(raw).hex()
+            text = "\\x" + raw.hex()
         value = a.strategy.apply(text)
-        return None if value is None else _encode(value)
+        return (_NULL_CELL if value is None else _encode(value)), 1
 
 
-_SAME: Final = b""
+_CACHE_LIMIT: Final = 4096
+_NULL_CELL: Final = b"\xff\xff\xff\xff"
 
 
 def _encode(text: str) -> bytes:
@@ -181,15 +194,15 @@ def _encode(text: str) -> bytes:
     return _I32.pack(len(data)) + data
 
 
-def _as_text(type_oid: int, fmt: int, raw: memoryview) -> str | None:
+def _as_text(type_oid: int, fmt: int, raw: bytes) -> str | None:
     """The value as text when we can read it: text format, or binary of a known type."""
     if fmt == 0 or type_oid in TEXT_LIKE:
-        data = bytes(raw)
+        data = raw
         if fmt == 1 and type_oid == JSONB_OID and data[:1] == b"\x01":
             data = data[1:]
         return data.decode("utf-8", "replace")
     decoder = _BINARY.get(type_oid)
-    return decoder(bytes(raw)) if decoder is not None else None
+    return decoder(raw) if decoder is not None else None
 
 
 _BINARY: dict[int, Callable[[bytes], str]] = {

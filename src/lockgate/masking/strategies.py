@@ -8,7 +8,6 @@ column's type when the original type would not parse the masked text.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from dataclasses import dataclass
 from typing import Literal
@@ -33,8 +32,8 @@ class Strategy:
         if self.name == "null":
             return None
         if self.name == "hash":
-            digest = hmac.new(self.key, value.encode("utf-8", "surrogatepass"), hashlib.sha256)
-            return "h:" + digest.hexdigest()[: self.hash_chars]
+            digest = hmac.digest(self.key, value.encode("utf-8", "surrogatepass"), "sha256")
+            return "h:" + digest.hex()[: self.hash_chars]
         return partial(value, self.keep_last)
 
     @property
