@@ -220,6 +220,28 @@ class OIDCIssuer(_Strict):
     # Keys older than this are refetched (the old ones stay in use if the provider is down).
     jwks_max_age: str = "1h"
     http_timeout: float = Field(default=5.0, gt=0, le=60)
+    # `lockgate login` (people): the client registered at the provider for the CLI, an
+    # optional secret (a credential reference env:NAME or file:PATH, never the secret) and
+    # the scopes asked for (add `offline_access` where the provider wants it for refresh).
+    client_id: str | None = None
+    client_secret: str | None = None
+    scopes: list[str] = ["openid", "email", "profile"]
+
+    @field_validator("client_secret")
+    @classmethod
+    def _client_secret(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("env:", "file:")):
+            raise ValueError(
+                "must be a credential reference (env:NAME or file:PATH), never the secret itself"
+            )
+        return v
+
+    @field_validator("scopes")
+    @classmethod
+    def _scopes(cls, v: list[str]) -> list[str]:
+        if "openid" not in v:
+            raise ValueError("must include 'openid' (an ID token is what the gateway accepts)")
+        return v
 
     @field_validator("issuer", "jwks_uri")
     @classmethod
