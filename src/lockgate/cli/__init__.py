@@ -9,7 +9,7 @@ import click
 from lockgate import __version__
 
 _COMMAND_MODULES = (
-    "serve", "check", "token", "secret", "audit", "demo", "ssh", "classify", "policy",
+    "serve", "check", "token", "secret", "audit", "demo", "ssh", "classify", "policy", "login",
 )
 
 
