@@ -1,18 +1,26 @@
-"""`lockgate ssh-known-hosts` and `lockgate ssh-replay`: the SSH gateway's key and recordings."""
+"""`lockgate ssh-known-hosts`, `ssh-cert` and `ssh-replay`: keys, certificates, recordings."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from lockgate.cli.common import config_option, fail, load
-from lockgate.config.model import Manifest
-from lockgate.config.ssh import SshListener
+from lockgate.cli.common import config_option, fail, load, print_json
+from lockgate.config.model import Manifest, parse_duration
+from lockgate.config.ssh import SshListener, SshResource
 from lockgate.errors import LockgateError
+from lockgate.model import Principal
+
+if TYPE_CHECKING:
+    import asyncssh
 
 
 @click.command("ssh-known-hosts")
@@ -128,4 +136,153 @@ def ssh_replay(
             out.flush()
 
 
-COMMANDS: list[click.Command] = [ssh_known_hosts, ssh_replay]
+def _verified_principal(manifest: Manifest, token: str) -> Principal:
+    """The principal of a valid, unrevoked gateway token (OIDC tokens have no issue record)."""
+    from lockgate.identity.tokens import GatewayTokenAuthority
+    from lockgate.identity.verifier import GatewayTokenVerifier, unverified_claims
+    from lockgate.store import open_engine
+
+    issuer = manifest.identity.gateway_tokens.issuer
+    try:
+        if unverified_claims(token.strip()).get("iss") != issuer:
+            fail(
+                "SSH certificates are issued for Lockgate tokens only",
+                "get one with `lockgate token issue` (identity-provider tokens can log in "
+                "with the token as the SSH password)",
+            )
+        authority = GatewayTokenAuthority(manifest, open_engine(manifest.state_url))
+        return asyncio.run(GatewayTokenVerifier(authority).verify(token))
+    except LockgateError as exc:
+        fail(exc.message, exc.hint)
+
+
+def _user_key(
+    output: Path | None, public_key: Path | None, resource: str
+) -> tuple[asyncssh.SSHKey, Path]:
+    """The key to certify and where its certificate goes; generates a pair when asked to."""
+    import asyncssh
+
+    if public_key is not None:
+        try:
+            key = asyncssh.read_public_key(str(public_key))
+        except (OSError, asyncssh.KeyImportError):
+            fail(
+                f"{public_key} is not an OpenSSH public key",
+                "pass the .pub file of your key pair, e.g. --public-key ~/.ssh/id_ed25519.pub",
+            )
+        base = str(public_key).removesuffix(".pub")
+        return key, output or Path(f"{base}-cert.pub")
+    path = output or Path(f"lockgate-{resource}")
+    key = asyncssh.generate_private_key("ssh-ed25519", comment=f"lockgate {resource}")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key.export_private_key("openssh"))
+        key.write_public_key(f"{path}.pub")
+    except OSError as exc:
+        fail(f"cannot write the key pair to {path} ({exc.strerror})", "pick another -o FILE")
+    return key, Path(f"{path}-cert.pub")
+
+
+@click.command("ssh-cert")
+@config_option
+@click.argument("resource")
+@click.option(
+    "--token",
+    envvar="LOCKGATE_TOKEN",
+    help="The Lockgate token to vouch for you (default: $LOCKGATE_TOKEN).",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Private key to write (default ./lockgate-RESOURCE; the certificate goes to "
+    "FILE-cert.pub); with --public-key, the certificate file.",
+)
+@click.option(
+    "--public-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Certify this existing public key instead of generating a key pair.",
+)
+@click.option("--ttl", default="15m", show_default=True, help="Lifetime, capped by the token's.")
+@click.option("--no-pty", is_flag=True, help="Leave out permit-pty (no interactive shells).")
+@click.option("--json", "as_json", is_flag=True, help="Print the files and validity as JSON.")
+def ssh_cert(
+    config_path: Path,
+    resource: str,
+    token: str | None,
+    output: Path | None,
+    public_key: Path | None,
+    ttl: str,
+    no_pty: bool,
+    as_json: bool,
+) -> None:
+    """Write a short-lived SSH certificate for RESOURCE, signed by the gateway's SSH CA.
+
+    The certificate names the token's subject and expires with the token or after --ttl,
+    whichever comes first. Log in with it without any prompt (BatchMode works):
+
+    ssh -i lockgate-web -o CertificateFile=lockgate-web-cert.pub -p PORT web@GATEWAY cmd
+    """
+    from lockgate.identity.ssh_ca import issue_user_certificate, load_or_create_ca
+    from lockgate.policy.access import AccessPolicy
+
+    if not token:
+        fail(
+            "no token given",
+            "pass --token TOKEN or set LOCKGATE_TOKEN (from `lockgate token issue`)",
+        )
+    try:
+        lifetime = timedelta(seconds=parse_duration(ttl))
+    except ValueError as exc:
+        fail(f"--ttl: {exc}")
+    manifest = load(config_path)
+    if not isinstance(manifest.target(resource), SshResource):
+        fail(
+            f"resource '{resource}' is not an SSH resource on this gateway",
+            "name a resource with type: ssh from the manifest",
+        )
+    principal = _verified_principal(manifest, token)
+    decision = AccessPolicy(manifest).check(principal, resource)
+    if not decision.allowed:
+        fail(
+            decision.reason or f"identity '{principal.subject}' may not reach '{resource}'",
+            "ask an administrator for an access rule, or for a grant",
+        )
+    try:
+        ca = load_or_create_ca(manifest)
+    except LockgateError as exc:
+        fail(exc.message, exc.hint)
+    key, cert_path = _user_key(output, public_key, resource)
+    cert = issue_user_certificate(ca, key, principal, lifetime, permit_pty=not no_pty)
+    try:
+        cert.write_certificate(str(cert_path))
+    except OSError as exc:
+        fail(f"cannot write the certificate to {cert_path} ({exc.strerror})", "pick another -o")
+    until = datetime.now(UTC) + lifetime
+    if principal.expires_at is not None:
+        until = min(until, principal.expires_at)
+    key_file = None if public_key is not None else str(cert_path).removesuffix("-cert.pub")
+    if as_json:
+        print_json(
+            {
+                "certificate": str(cert_path),
+                "private_key": key_file,
+                "subject": principal.subject,
+                "valid_before": until.replace(microsecond=0).isoformat(),
+                "permit_pty": not no_pty,
+            }
+        )
+        return
+    click.echo(f"Wrote {cert_path} for '{principal.subject}', valid until {until:%H:%M:%S} UTC.")
+    key_arg = key_file or "YOUR_PRIVATE_KEY"
+    click.echo(
+        f"  ssh -i {key_arg} -o CertificateFile={cert_path} -p PORT {resource}@GATEWAY",
+        err=True,
+    )
+
+
+COMMANDS: list[click.Command] = [ssh_known_hosts, ssh_cert, ssh_replay]

@@ -5,13 +5,17 @@ Theory of operation
 Clients connect with plain OpenSSH as `ssh -p PORT NAME#RESOURCE@GATEWAY` or
 `ssh -p PORT RESOURCE@GATEWAY` (scp refuses '#' in a remote user name). NAME is only
 recorded (the token says who the user is); RESOURCE names a `type: ssh` resource. The token
-is the password, or the answer to the keyboard-interactive prompt.
+is the password, or the answer to the keyboard-interactive prompt; or the client offers a
+certificate from `lockgate ssh-cert`, signed by the gateway's SSH CA.
 
 1. Authentication (`_login`): the gate verifies the token, checks access to the resource,
    loads the target's credential, and records the session before the gateway logs in to
    the target (`ssh_upstream.connect_target`: stored key or password, pinned host key, no
-   agent). Any refusal is shown to the client as an SSH banner naming the reason, recorded,
-   and ends the connection (`Received disconnect ...: lockgate: ...`).
+   agent). For a certificate, asyncssh checks the CA signature and the validity window
+   (the CA is trusted for any principal: the user name names the resource, not the user);
+   `_check_certificate` then re-verifies the identity behind it (`ssh_ca`) once the client
+   proved it holds the key. Any refusal is shown to the client as an SSH banner naming the
+   reason, recorded, and ends the connection (`Received disconnect ...: lockgate: ...`).
 2. Channels: each session channel is a `ChannelRelay` (shell, exec, subsystem). Port, agent
    and X11 forwarding are refused unless an `ssh.rules` entry allows them; an allowed `-L`
    channel is opened from the *target* (never from the gateway's network) and recorded.
@@ -26,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import asyncssh
@@ -43,7 +47,14 @@ from lockgate.errors import (
     UpstreamError,
 )
 from lockgate.gate import Gate
-from lockgate.model import ClientInfo, ResultSummary, SessionEnd
+from lockgate.identity.ssh_ca import (
+    certificate_facts,
+    decode_user_certificate,
+    load_or_create_ca,
+    principal_for_certificate,
+    rejection_reason,
+)
+from lockgate.model import ClientInfo, Principal, ResultSummary, SessionEnd
 from lockgate.policy.ssh import SshRequest
 from lockgate.proxy.ssh_channel import ChannelRelay, SshContext
 from lockgate.proxy.ssh_upstream import connect_target, load_credentials
@@ -106,6 +117,7 @@ class SshEngine:
         self.gate = gate
         self.listener = listener
         self.host_key = ensure_host_key(listener, gate.manifest)
+        self.user_ca = load_or_create_ca(gate.manifest).convert_to_public()
         self.acceptor: asyncssh.SSHAcceptor | None = None
         self.connections: set[_GatewayServer] = set()
 
@@ -126,7 +138,11 @@ class SshEngine:
             allow_scp=False,
             password_auth=True,
             kbdint_auth=True,
-            public_key_auth=False,
+            public_key_auth=True,
+            authorized_client_keys=asyncssh.import_authorized_keys(
+                'cert-authority,principals="*" '
+                + self.user_ca.export_public_key("openssh").decode()
+            ),
             encoding=None,
             reuse_port=reuse_port or None,
             backlog=1024,
@@ -162,6 +178,7 @@ class _GatewayServer(asyncssh.SSHServer):
         self.ctx: SshContext | None = None
         self.info = ClientInfo(address="", protocol="ssh")
         self.ending: SessionEnd | None = None
+        self.cert_refused = False
 
     # -- connection -------------------------------------------------------------------------
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
@@ -170,6 +187,26 @@ class _GatewayServer(asyncssh.SSHServer):
         peer = conn.get_extra_info("peername")
         address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
         self.info = ClientInfo(address=address, protocol="ssh")
+        # asyncssh hands the offered certificate to no server callback, and runs agent and
+        # X11 requests without one: wrap the connection's own steps to see them.
+        checks = conn.validate_public_key
+
+        async def validate_public_key(
+            username: str, key_data: bytes, msg: bytes, signature: bytes
+        ) -> bool:
+            ok = await checks(username, key_data, msg, signature)
+            return await self._check_certificate(username, key_data, ok, bool(msg))
+
+        async def create_agent_listener() -> bool:
+            self._forwarding("agent", "")
+            return False
+
+        async def attach_x11_listener(*_args: object) -> None:
+            self._forwarding("x11", "")
+
+        setattr(conn, "validate_public_key", validate_public_key)  # noqa: B010
+        setattr(conn, "create_agent_listener", create_agent_listener)  # noqa: B010
+        setattr(conn, "attach_x11_listener", attach_x11_listener)  # noqa: B010
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.engine.connections.discard(self)
@@ -215,7 +252,7 @@ class _GatewayServer(asyncssh.SSHServer):
         return True
 
     async def validate_password(self, username: str, password: str) -> bool:
-        return await self._login(username, password)
+        return await self._login_token(username, password)
 
     def kbdint_auth_supported(self) -> bool:
         return True
@@ -228,9 +265,50 @@ class _GatewayServer(asyncssh.SSHServer):
     async def validate_kbdint_response(self, username: str, responses: Sequence[str]) -> bool:
         if len(responses) != 1:
             return False
-        return await self._login(username, responses[0])
+        return await self._login_token(username, responses[0])
 
-    async def _login(self, username: str, token: str) -> bool:
+    async def _check_certificate(
+        self, username: str, key_data: bytes, accepted: bool, signed: bool
+    ) -> bool:
+        """Admit a certificate asyncssh accepted, once signed; record why one was refused."""
+        cert = decode_user_certificate(key_data)
+        if cert is None:
+            return accepted
+        if not accepted:
+            if not self.cert_refused:
+                # Not a disconnect: the client may go on with a token as the password.
+                self.cert_refused = True
+                error = AuthFailed(
+                    rejection_reason(cert, self.engine.user_ca),
+                    hint="get a new certificate with `lockgate ssh-cert RESOURCE`",
+                )
+                self._banner(error)
+                resource = username.rpartition("#")[2]
+                claimed = certificate_facts(cert).subject or None
+                await self.gate.refuse(self.info, resource, claimed, "auth_failed", error)
+            return False
+        if not signed:
+            return True  # a query: the client proves it holds the key next
+        if self.ctx is not None:
+            return True
+        issuer = self.gate.manifest.identity.gateway_tokens.issuer
+
+        def verify() -> Awaitable[Principal]:
+            engine = self.gate.engine
+            return asyncio.to_thread(principal_for_certificate, engine, issuer, cert)
+
+        return await self._login(username, verify, certificate_facts(cert).subject or None)
+
+    async def _login_token(self, username: str, token: str) -> bool:
+        return await self._login(username, lambda: self.gate.authenticate(token.strip()))
+
+    async def _login(
+        self,
+        username: str,
+        verify: Callable[[], Awaitable[Principal]],
+        claimed: str | None = None,
+    ) -> bool:
+        """Verify, authorize, record and connect; `claimed` names who a refusal concerns."""
         gate = self.gate
         resource_name = username.rpartition("#")[2]
         if not resource_name:
@@ -240,9 +318,9 @@ class _GatewayServer(asyncssh.SSHServer):
             )
             await self._refuse(username, None, error)
             return False
-        subject: str | None = None
+        subject = claimed
         try:
-            principal = await gate.authenticate(token.strip())
+            principal = await verify()
             subject = principal.subject
             resource, _ = gate.authorize_ssh(principal, resource_name)
             key, password = load_credentials(resource, gate.manifest, gate.secrets)

@@ -1,0 +1,207 @@
+"""The gateway's SSH user CA: short-lived OpenSSH certificates standing in for a token.
+
+`lockgate ssh-cert` verifies a gateway token and signs the caller's public key with the CA
+key kept in the state folder (Ed25519, mode 0600). The certificate names the token's subject
+as its only principal and `SUBJECT JTI` as its key id, and expires with the token or
+sooner. It carries no copy of the groups: when a client logs in with it, the gateway looks
+the token up again by its jti, so a revoked token or subject, or changed groups, take effect
+at the next login rather than when the certificate expires.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncssh
+from asyncssh.public_key import SSHOpenSSHCertificate, decode_ssh_certificate
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from lockgate.config.model import Manifest
+from lockgate.errors import AuthFailed, LockgateError
+from lockgate.identity.revocation import find_revocation
+from lockgate.identity.tokens import iso, lookup_token
+from lockgate.model import Principal
+
+CA_KEY_FILE = "ssh-user-ca"
+# Certificates start a minute early so that a client clock slightly behind is no problem.
+BACKDATE = timedelta(minutes=1)
+# OpenSSH encodes "forever" as 2**64-1; clamp before making a datetime.
+_FOREVER = 253402300799  # 9999-12-31
+_NEW_CERT_HINT = "get a new certificate with `lockgate ssh-cert RESOURCE`"
+
+
+def ca_key_path(manifest: Manifest) -> Path:
+    return manifest.state_dir / CA_KEY_FILE
+
+
+def load_or_create_ca(manifest: Manifest) -> asyncssh.SSHKey:
+    """The CA's private key, generated once (Ed25519, mode 0600) in the state folder."""
+    path = ca_key_path(manifest)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = asyncssh.generate_private_key("ssh-ed25519", comment="lockgate-ssh-user-ca")
+        data = key.export_private_key("openssh")
+        try:
+            # O_EXCL: if another process created the key first, use theirs.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if os.name == "posix" and mode & 0o077:
+        raise LockgateError(
+            f"the SSH CA key {path} is accessible by other users (mode {mode:04o})",
+            hint=f"restrict it with `chmod 600 {path}`, then retry",
+        )
+    try:
+        return asyncssh.read_private_key(str(path))
+    except (OSError, asyncssh.KeyImportError):
+        raise LockgateError(
+            f"the SSH CA key {path} cannot be read",
+            hint="restore it from backup, or move it away to create a new CA "
+            "(certificates signed by the old one then stop working)",
+        ) from None
+
+
+def key_id(subject: str, jti: str) -> str:
+    return f"{subject} {jti}"
+
+
+def issue_user_certificate(
+    ca: asyncssh.SSHKey,
+    user_key: asyncssh.SSHKey,
+    principal: Principal,
+    ttl: timedelta,
+    *,
+    permit_pty: bool = True,
+    now: datetime | None = None,
+) -> asyncssh.SSHCertificate:
+    """Sign `user_key` for `principal`, valid until the token expires or `ttl` passes."""
+    if principal.token_id is None:
+        raise AuthFailed("the token has no id (jti) to bind a certificate to")
+    now = now or datetime.now(UTC)
+    valid_before = now + ttl
+    if principal.expires_at is not None:
+        valid_before = min(valid_before, principal.expires_at)
+    return ca.generate_user_certificate(
+        user_key,
+        key_id(principal.subject, principal.token_id),
+        serial=secrets.randbits(63),
+        principals=[principal.subject],
+        valid_after=int((now - BACKDATE).timestamp()),
+        valid_before=int(valid_before.timestamp()),
+        permit_x11_forwarding=False,
+        permit_agent_forwarding=False,
+        permit_port_forwarding=False,
+        permit_pty=permit_pty,
+        permit_user_rc=False,
+        comment=f"lockgate {principal.subject}",
+    )
+
+
+def decode_user_certificate(key_data: bytes) -> SSHOpenSSHCertificate | None:
+    """The OpenSSH certificate a client offered, or None for a plain key or X.509."""
+    try:
+        cert = decode_ssh_certificate(key_data)
+    except (asyncssh.KeyImportError, ValueError):
+        return None
+    return cert if isinstance(cert, SSHOpenSSHCertificate) else None
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateFacts:
+    """What a certificate claims, before the gateway trusts any of it."""
+
+    subject: str
+    jti: str
+    principals: tuple[str, ...]
+    valid_after: datetime
+    valid_before: datetime
+
+
+def certificate_facts(cert: SSHOpenSSHCertificate) -> CertificateFacts:
+    """Read the key id, principals and validity of a certificate (no checks)."""
+    # asyncssh keeps these decoded fields without public accessors.
+    raw: object = cert._key_id
+    kid = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    subject, _, jti = kid.rpartition(" ")
+    return CertificateFacts(
+        subject=subject,
+        jti=jti,
+        principals=tuple(cert.principals),
+        valid_after=datetime.fromtimestamp(min(int(cert._valid_after), _FOREVER), UTC),
+        valid_before=datetime.fromtimestamp(min(int(cert._valid_before), _FOREVER), UTC),
+    )
+
+
+def rejection_reason(cert: SSHOpenSSHCertificate, ca_public: asyncssh.SSHKey) -> str:
+    """Why the SSH layer refused a certificate (signer or validity window)."""
+    if cert.signing_key.public_data != ca_public.public_data:
+        return "the SSH certificate is not signed by this gateway's CA"
+    facts = certificate_facts(cert)
+    now = datetime.now(UTC)
+    if now >= facts.valid_before:
+        return f"the SSH certificate expired at {iso(facts.valid_before)}"
+    if now < facts.valid_after:
+        return f"the SSH certificate is not valid until {iso(facts.valid_after)}"
+    return "the SSH certificate was not accepted"
+
+
+def principal_for_certificate(
+    engine: Engine, issuer: str, cert: SSHOpenSSHCertificate
+) -> Principal:
+    """Re-verify the identity behind a CA-signed, in-date certificate; raises AuthFailed.
+
+    The token it was issued for must still be known and unrevoked, its subject must not be
+    on the revocation list, and groups and scopes come from the token's issue record.
+    """
+    facts = certificate_facts(cert)
+    if not facts.subject or not facts.jti or facts.principals != (facts.subject,):
+        raise AuthFailed("the SSH certificate was not issued by Lockgate", hint=_NEW_CERT_HINT)
+    try:
+        record = lookup_token(engine, facts.jti)
+        revocation = find_revocation(engine, issuer, facts.subject, facts.jti)
+    except SQLAlchemyError:
+        raise AuthFailed(
+            "the SSH certificate could not be checked against the revocation list",
+            hint="the gateway's state store is unavailable; try again shortly",
+        ) from None
+    if record is None or record.subject != facts.subject:
+        raise AuthFailed(
+            "the token behind the SSH certificate is not known to this gateway",
+            hint=_NEW_CERT_HINT,
+        )
+    if record.revoked_at is not None:
+        raise AuthFailed(
+            f"the token behind the SSH certificate was revoked at {iso(record.revoked_at)}",
+            hint="ask an admin for a new token",
+        )
+    if revocation is not None:
+        raise AuthFailed(
+            f"identity '{facts.subject}' was revoked at {iso(revocation.revoked_at)}",
+            hint="ask an admin to restore it",
+        )
+    if record.expired():
+        raise AuthFailed(
+            f"the token behind the SSH certificate expired at {iso(record.expires_at)}",
+            hint=_NEW_CERT_HINT,
+        )
+    return Principal(
+        subject=record.subject,
+        groups=frozenset(record.groups),
+        kind=record.kind,
+        issuer=issuer,
+        token_id=record.jti,
+        expires_at=min(record.expires_at, facts.valid_before),
+        scopes=frozenset(record.scopes) if record.scopes is not None else None,
+    )
