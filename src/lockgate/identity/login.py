@@ -209,6 +209,9 @@ class CallbackListener:
         self.target: str | None = None
 
         class Handler(BaseHTTPRequestHandler):
+            # Browsers open spare connections they may never send on: do not wait on them.
+            timeout = 5
+
             def do_GET(self) -> None:
                 if urllib.parse.urlsplit(self.path).path != CALLBACK_PATH:
                     self._reply(404, "Not the Lockgate login callback.")

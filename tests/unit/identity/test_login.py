@@ -150,6 +150,23 @@ def test_the_listener_takes_one_callback_on_loopback_then_closes() -> None:
         pass
 
 
+def test_an_idle_browser_connection_does_not_block_the_callback() -> None:
+    listener = CallbackListener()
+    port = urllib.parse.urlsplit(listener.redirect_uri).port
+    assert port is not None
+    idle = socket.create_connection(("127.0.0.1", port))  # a browser's unused preconnect
+    got: list[str] = []
+    waiter = threading.Thread(target=lambda: got.append(listener.wait(60)))
+    waiter.start()
+    try:
+        status, _ = _get(f"http://127.0.0.1:{port}/callback?code=c2&state=s2")
+        waiter.join(60)
+    finally:
+        idle.close()
+    assert status == 200
+    assert got == ["/callback?code=c2&state=s2"]
+
+
 def test_the_listener_gives_up_after_its_timeout() -> None:
     listener = CallbackListener()
     with pytest.raises(LoginFailed, match="no login came back from the browser"):
