@@ -304,6 +304,11 @@ class ChainWriter:
         self._head: tuple[int, bytes] = (0, b"")
         self._sql: dict[str, str] = {}
         self._sqlite = False
+        # Set by an ingester that ships events (audit sinks): committed events, with their
+        # position and hash, wait in `published` until it takes them (`take_published`).
+        self.collect = False
+        self._out: list[tuple[str, int, bytes, Mapping[str, Any]]] = []
+        self.published: list[tuple[str, int, bytes, Mapping[str, Any]]] = []
 
     # -- connection ------------------------------------------------------------------------
     def attach(self, conn: Any, dialect: Dialect, ts: Any) -> None:
@@ -403,6 +408,7 @@ class ChainWriter:
     def begin(self) -> None:
         self._events.clear()
         self._fts.clear()
+        self._out.clear()
         self._head = (self.seq, self.hash)
 
     def add(
@@ -414,6 +420,8 @@ class ChainWriter:
         h = link(prev, digest)
         self._head = (seq, h)
         self._events.append((self.chain_id, seq, kind, session_id, item, digest, h))
+        if self.collect:
+            self._out.append((kind, seq, h, row))
         if kind == "C" and self._sqlite:
             self._fts.append(((self.chain_id << FTS_SHIFT) | seq, row["text"], session_id, item))
 
@@ -451,14 +459,23 @@ class ChainWriter:
             self._sealed_pending = 0
         self._events.clear()
         self._fts.clear()
+        if self._out:
+            self.published.extend(self._out)
+            self._out.clear()
         if moved:
             _write_head(self.head_path, self.name, self.seq, self.hash)
 
     def rolled_back(self) -> None:
         self._events.clear()
         self._fts.clear()
+        self._out.clear()
         self._head = (self.seq, self.hash)
         self._sealed_pending = 0
+
+    def take_published(self) -> list[tuple[str, int, bytes, Mapping[str, Any]]]:
+        """Committed events not taken yet: (kind, seq, hash, row), in chain order."""
+        out, self.published = self.published, []
+        return out
 
     def _sign(self, cur: Any, kind: str, seq: int, hash_: bytes) -> None:
         assert self._key is not None

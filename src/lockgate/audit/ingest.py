@@ -21,15 +21,20 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from sqlalchemy.engine import Engine
 
+from lockgate.audit import events as audit_events
 from lockgate.audit import journal
 from lockgate.audit.chain import ChainWriter
 from lockgate.audit.writer import Batch, RecorderStats, StoreWriter, reason
+
+if TYPE_CHECKING:
+    from lockgate.audit.sinks import EventObserver
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +45,23 @@ _CHUNK = 8 << 20
 class JournalIngester:
     """Moves records from the journal files in `folder` into the store behind `engine`."""
 
-    def __init__(self, engine: Engine, folder: Path, interval: float = 0.05) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        folder: Path,
+        interval: float = 0.05,
+        observers: Sequence[EventObserver] = (),
+    ) -> None:
         self.folder = folder
         self.interval = interval
         self.stats = RecorderStats()
         # One hash chain per ingester, keyed in the state folder that holds the journals.
         self.chain = ChainWriter(folder.parent)
         self._writer = StoreWriter(engine, self.chain)
+        # Sinks and metrics get each committed batch's events (after the commit).
+        self.observers = list(observers)
+        self.chain.collect = bool(self.observers)
+        self.store_failures = 0
         self._positions: dict[str, int] = {}
         self._lock_fd = -1
         self._stop = threading.Event()
@@ -110,6 +125,7 @@ class JournalIngester:
                 failures = 0
             except Exception as exc:
                 failures += 1
+                self.store_failures += 1
                 if failures == 1 or failures % 100 == 0:
                     log.error(
                         "audit store write failed (%s); the journal keeps the records", reason(exc)
@@ -193,11 +209,39 @@ class JournalIngester:
 
     def _write(self, records: list[list[Any]], name: str, position: int) -> int:
         batch = to_batch(records, self._writer.timestamp)
-        skipped = self._writer.write(batch, name, position)
+        try:
+            skipped = self._writer.write(batch, name, position)
+        finally:
+            if self.observers:
+                self._publish()
         # Counted in journal records: an outcome merged into its command's row counts too.
         self.stats.records += len(records) - skipped
         self.stats.dropped += skipped
         return len(records)
+
+    def _publish(self) -> None:
+        chained = self.chain.take_published()
+        if not chained:
+            return
+        name = self.chain.name
+        shipped = [audit_events.build(name, k, seq, h, row) for k, seq, h, row in chained]
+        for observer in self.observers:
+            try:
+                observer.observe(shipped)
+            except Exception:
+                log.exception("an audit event observer failed")
+
+    def backlog_bytes(self) -> int:
+        """Journal bytes not yet in the store (files not seen yet count whole)."""
+        positions = dict(self._positions)
+        total = 0
+        for path in self.folder.glob(f"*{journal.SUFFIX}"):
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                continue
+            total += max(0, size - positions.get(path.name, 0))
+        return total
 
 
 def to_batch(records: list[list[Any]], ts: Any) -> Batch:

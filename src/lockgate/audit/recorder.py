@@ -44,7 +44,31 @@ log = logging.getLogger(__name__)
 # Journal record kinds.
 _SESSION, _COMMAND, _REFUSAL, _FINISH, _END = "S", "C", "R", "F", "E"
 
-__all__ = ["AuditRecorder", "RecorderStats"]
+__all__ = ["AuditRecorder", "RecorderStats", "check_null_sink"]
+
+# BENCHMARK ONLY. LOCKGATE_AUDIT_NULL=1 makes the recorder fake durability: nothing is
+# journaled, every write-ahead call succeeds at once. It exists so bench/audit_cost can
+# measure what recording costs. `lockgate serve` honours it only for a manifest that says
+# `audit.benchmark_null_sink: true`; anywhere else the variable stops the gateway.
+NULL_SINK_ENV = "LOCKGATE_AUDIT_NULL"
+_null_sink_allowed = False
+
+
+def check_null_sink(allowed_by_manifest: bool) -> None:
+    """Before workers fork: refuse LOCKGATE_AUDIT_NULL unless the manifest allows it."""
+    global _null_sink_allowed
+    if os.environ.get(NULL_SINK_ENV, "") in ("", "0"):
+        _null_sink_allowed = False
+        return
+    if not allowed_by_manifest:
+        raise AuditUnavailable(
+            f"{NULL_SINK_ENV} is set: that benchmark-only mode records nothing, and this "
+            "manifest does not allow it",
+            hint=f"unset {NULL_SINK_ENV} (only benchmark manifests set "
+            "audit.benchmark_null_sink: true)",
+        )
+    log.warning("BENCHMARK ONLY: %s=1, nothing is recorded in the audit trail", NULL_SINK_ENV)
+    _null_sink_allowed = True
 
 
 @dataclass(slots=True)
@@ -80,12 +104,20 @@ class AuditRecorder:
         self._scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self._accepting = False
+        self._null = False
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         """Open this process's journal and start ingesting (raises AuditUnavailable)."""
         if self._loop is not None:
             raise RuntimeError("AuditRecorder.start() was already called")
+        if os.environ.get(NULL_SINK_ENV, "") not in ("", "0"):
+            if not _null_sink_allowed:
+                raise AuditUnavailable(
+                    f"{NULL_SINK_ENV} is set outside a benchmark: refusing to run unrecorded",
+                    hint=f"unset {NULL_SINK_ENV}",
+                )
+            self._null = True
         try:
             self._journal = journal.JournalWriter(self._journal_dir, fsync=self._fsync)
             if self._ingest:
@@ -171,6 +203,9 @@ class AuditRecorder:
         With `fsync`, commands of all sessions share one `fdatasync` per loop iteration:
         the returned future completes when they are durable.
         """
+        if self._null and self._accepting:
+            self._group.records.clear()  # BENCHMARK ONLY: nothing is recorded
+            return None
         if self._fsync or not self._accepting or self._loop is None:
             futs = [self.command_started(c) for c in cmds]
             return futs[0] if len(futs) == 1 else _all(futs)
@@ -282,6 +317,12 @@ class AuditRecorder:
             return
         self._group = _Group([], [])
         assert self._journal is not None
+        if self._null:
+            group.records.clear()  # BENCHMARK ONLY: durability faked
+            for fut in group.futures:
+                if not fut.done():
+                    fut.set_result(None)
+            return
         self.stats.flushes += 1
         try:
             if self._journal.broken or self._journal.size > self.rotate_bytes:

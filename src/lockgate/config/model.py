@@ -17,6 +17,7 @@ from pydantic import (
     model_validator,
 )
 
+from lockgate.config.sinks import Address, SinkList
 from lockgate.config.ssh import SshListener, SshResource, SshSettings
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -342,6 +343,11 @@ class Audit(_Strict):
     # keeps them forever. `resource_retention` overrides it per resource name.
     retention: str | None = None
     resource_retention: dict[str, str] = {}
+    # Where the ingester ships events after each committed batch (see docs/audit-events.md).
+    sinks: SinkList = []
+    # BENCHMARK ONLY: lets `lockgate serve` honour LOCKGATE_AUDIT_NULL=1 (nothing recorded).
+    # Without it that variable makes the gateway refuse to start.
+    benchmark_null_sink: bool = False
 
     @field_validator("retention")
     @classmethod
@@ -529,6 +535,8 @@ class Manifest(_Strict):
     guardrails: Guardrails = Guardrails()
     masking: Masking = Masking()
     ssh: SshSettings = SshSettings()
+    # host:port of the Prometheus /metrics listener, served by the `lockgate serve` supervisor.
+    metrics: Address | None = None
 
     # Set by the loader, not by the YAML: the directory relative paths resolve against.
     base_dir: Path = Field(default=Path("."), exclude=True)

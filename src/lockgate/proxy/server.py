@@ -18,7 +18,10 @@ import sys
 import threading
 from pathlib import Path
 
+from lockgate.audit import recorder as audit_recorder
 from lockgate.audit.ingest import JournalIngester
+from lockgate.audit.metrics import AuditMetrics, MetricsServer
+from lockgate.audit.sinks import EventObserver, SinkHub
 from lockgate.config.model import Manifest
 from lockgate.config.ssh import SshListener
 from lockgate.gate import Gate
@@ -104,7 +107,9 @@ class Gateway:
             path = self._cancel_socket(self.worker_index)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.unlink(missing_ok=True)
-            self._cancel_server = await asyncio.start_unix_server(self._on_forwarded_cancel, str(path))
+            self._cancel_server = await asyncio.start_unix_server(
+                self._on_forwarded_cancel, str(path)
+            )
 
     def _forward_cancel(self, pid: int, key: int) -> None:
         index = pid >> 22
@@ -121,7 +126,9 @@ class Gateway:
         except OSError as exc:
             log.warning("could not forward a cancel request to worker %d: %s", index, exc)
 
-    async def _on_forwarded_cancel(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _on_forwarded_cancel(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         try:
             data = await reader.readexactly(8)
             pid, key = struct.unpack("!ii", data)
@@ -202,6 +209,7 @@ def run_gateway(manifest: Manifest, workers: int | None = None) -> int:
     n = workers if workers is not None else max(listener.workers for listener in manifest.listeners)
     if n == 0:
         n = os.cpu_count() or 1
+    audit_recorder.check_null_sink(manifest.audit.benchmark_null_sink)
     engine = open_engine(manifest.state_url)  # creates the tables before workers start
     engine.dispose()
     for listener in manifest.listeners:
@@ -226,14 +234,31 @@ def run_gateway(manifest: Manifest, workers: int | None = None) -> int:
         children.append(pid)
     if n > 1:
         print(f"lockgate: {n} worker processes", file=sys.stderr, flush=True)
-    ingester = JournalIngester(open_engine(manifest.state_url), manifest.state_dir / "journal")
+    # Sinks and metrics see the events this process's ingester commits.
+    hub = SinkHub.from_config(manifest.audit.sinks, manifest.state_dir)
+    metrics = AuditMetrics() if manifest.metrics else None
+    observers: list[EventObserver] = [hub] if hub.runners else []
+    if metrics is not None:
+        observers.append(metrics)
+    ingester = JournalIngester(
+        open_engine(manifest.state_url), manifest.state_dir / "journal", observers=observers
+    )
     stop_ingest = threading.Event()
     ingest_thread: threading.Thread | None = None
     if ingester.try_lock():
+        hub.start()
         ingest_thread = threading.Thread(
             target=ingester.run, args=(stop_ingest,), kwargs={"nice": 10}, daemon=True
         )
         ingest_thread.start()
+    metrics_server: MetricsServer | None = None
+    if metrics is not None and manifest.metrics:
+        try:
+            metrics_server = MetricsServer(manifest.metrics, lambda: metrics.render(ingester, hub))
+            metrics_server.start()
+            print(f"lockgate: metrics on http://{manifest.metrics}/metrics", file=sys.stderr)
+        except OSError as exc:
+            log.error("metrics listener %s cannot be opened: %s", manifest.metrics, exc)
 
     def forward(sig: int, _frame: object) -> None:
         for child in children:
@@ -256,5 +281,8 @@ def run_gateway(manifest: Manifest, workers: int | None = None) -> int:
     stop_ingest.set()
     if ingest_thread is not None:
         ingest_thread.join(timeout=60)
+        hub.stop()  # undelivered events stay queued for the next start
+    if metrics_server is not None:
+        metrics_server.stop()
     ingester.unlock()
     return status
