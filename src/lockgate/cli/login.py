@@ -106,6 +106,18 @@ def login(
         )
     if client_secret_ref is None and entry is not None:
         client_secret_ref = entry.client_secret
+    if client_secret_ref is not None and client_secret_ref.startswith("file:"):
+        # Stored for later refreshes, which run from any folder: make the path absolute.
+        where = Path(client_secret_ref[len("file:") :]).expanduser()
+        base = manifest.base_dir if manifest is not None else Path.cwd()
+        client_secret_ref = f"file:{(base / where).resolve()}"
+    if entry is not None and client_id not in entry.audiences:
+        click.secho(
+            f"warning: the manifest's audiences for {issuer} do not include {client_id!r}; "
+            "the gateway will refuse these ID tokens (their audience is the client id)",
+            fg="yellow",
+            err=True,
+        )
     if not scopes:
         scopes = tuple(entry.scopes) if entry else DEFAULT_SCOPES
     try:

@@ -118,6 +118,27 @@ def test_login_with_flags_only(home: dict[str, str], provider: str) -> None:
     assert "as bob@example.com" in done.stdout
 
 
+def test_a_relative_secret_file_is_stored_as_an_absolute_reference(
+    home: dict[str, str], provider: str, tmp_path: Path
+) -> None:
+    (tmp_path / "client.secret").write_text("mock-accepts-any\n")
+    manifest = _manifest(tmp_path, provider, client_secret="file:client.secret")
+    done = browser_login({**home, "LG_CLIENT_SECRET": ""}, provider, SUB, "-c", str(manifest))
+    assert done.returncode == 0, done.stderr
+    stored = yaml.safe_load(_stored(home).read_text())["logins"][0]
+    assert stored["client_secret_ref"] == f"file:{(tmp_path / 'client.secret').resolve()}"
+    assert "mock-accepts-any" not in _stored(home).read_text()
+
+
+def test_login_warns_when_the_gateway_would_refuse_the_audience(
+    home: dict[str, str], provider: str, tmp_path: Path
+) -> None:
+    manifest = _manifest(tmp_path, provider, audiences=["something-else"])
+    done = browser_login(home, provider, SUB, "-c", str(manifest))
+    assert done.returncode == 0, done.stderr
+    assert "do not include 'lockgate'" in done.stderr
+
+
 def test_logout_removes_the_tokens(home: dict[str, str], provider: str, tmp_path: Path) -> None:
     manifest = _manifest(tmp_path, provider)
     assert browser_login(home, provider, SUB, "-c", str(manifest)).returncode == 0
