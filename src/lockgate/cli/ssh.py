@@ -208,7 +208,9 @@ def _user_key(
     help="Certify this existing public key instead of generating a key pair.",
 )
 @click.option("--ttl", default="15m", show_default=True, help="Lifetime, capped by the token's.")
-@click.option("--no-pty", is_flag=True, help="Leave out permit-pty (no interactive shells).")
+@click.option(
+    "--no-pty", is_flag=True, help="Leave out permit-pty (the gateway then refuses a terminal)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the files and validity as JSON.")
 def ssh_cert(
     config_path: Path,

@@ -126,3 +126,14 @@ def test_unknown_token_and_plain_keys(manifest: Manifest, engine: Engine) -> Non
     assert decoded is not None
     with pytest.raises(AuthFailed, match="not known to this gateway"):
         principal_for_certificate(engine, "lockgate", decoded)
+
+
+def test_no_pty_leaves_every_extension_out(manifest: Manifest) -> None:
+    user = asyncssh.generate_private_key("ssh-ed25519")
+    who = Principal(subject="ci", token_id="0123")
+    cert = issue_user_certificate(
+        load_or_create_ca(manifest), user, who, timedelta(minutes=5), permit_pty=False
+    )
+    decoded = decode_user_certificate(cert.public_data)
+    assert decoded is not None
+    assert decoded.options == {}
