@@ -27,13 +27,16 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import orjson
 
 from lockgate.audit.events import Event
 from lockgate.audit.sink_transports import make_transport
-from lockgate.config.sinks import AnySink
+from lockgate.config.sinks import AnySink, FileSink
+
+if TYPE_CHECKING:
+    from lockgate.config.model import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -261,6 +264,15 @@ class SinkHub:
     @classmethod
     def from_config(cls, sinks: Sequence[AnySink], state_dir: Path) -> SinkHub:
         return cls([SinkRunner(s, state_dir) for s in sinks])
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest) -> SinkHub:
+        """The manifest's sinks; a relative file sink path is relative to the manifest."""
+        sinks = [
+            s.model_copy(update={"path": manifest.path(s.path)}) if isinstance(s, FileSink) else s
+            for s in manifest.audit.sinks
+        ]
+        return cls.from_config(sinks, manifest.state_dir)
 
     def start(self) -> None:
         for r in self.runners:

@@ -235,7 +235,7 @@ def run_gateway(manifest: Manifest, workers: int | None = None) -> int:
     if n > 1:
         print(f"lockgate: {n} worker processes", file=sys.stderr, flush=True)
     # Sinks and metrics see the events this process's ingester commits.
-    hub = SinkHub.from_config(manifest.audit.sinks, manifest.state_dir)
+    hub = SinkHub.from_manifest(manifest)
     metrics = AuditMetrics() if manifest.metrics else None
     observers: list[EventObserver] = [hub] if hub.runners else []
     if metrics is not None:

@@ -17,6 +17,7 @@ from lockgate.audit.events import SCHEMA_VERSION
 from lockgate.audit.sink_transports import FileTransport
 from lockgate.audit.sinks import SinkHub, SinkQueue, SinkRunner
 from lockgate.audit.tables import audit_events
+from lockgate.config.loader import load_manifest_text
 from lockgate.config.sinks import FileSink, SyslogSink, WebhookSink
 
 
@@ -265,3 +266,15 @@ def test_queue_compacts_its_delivered_head(tmp_path: Path) -> None:
     reopened = SinkQueue(tmp_path, 8 << 20)
     assert len(reopened.read(1000)[0]) == 100
     reopened.close()
+
+
+def test_a_relative_file_sink_path_is_relative_to_the_manifest(tmp_path: Path) -> None:
+    manifest = load_manifest_text(
+        "state: {dir: st}\naudit: {sinks: [{type: file, name: f, path: out/a.jsonl}]}\n"
+    ).model_copy(update={"base_dir": tmp_path})
+    hub = SinkHub.from_manifest(manifest)
+    runner = hub.runners[0]
+    assert isinstance(runner.transport, FileTransport)
+    assert runner.transport.path == tmp_path / "out" / "a.jsonl"
+    assert runner.queue.path == tmp_path / "st" / "sinks" / "f" / "queue.jsonl"
+    hub.stop()
