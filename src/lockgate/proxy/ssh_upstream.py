@@ -34,6 +34,15 @@ class _PinnedHostKey(asyncssh.SSHClient):
         return self.seen == self.fingerprint
 
 
+_CIPHERS = (
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes128-ctr",
+    "aes256-ctr",
+)
+
+
 def fingerprint(public_key_line: str) -> str:
     """`SHA256:...` of an OpenSSH public key line."""
     return str(asyncssh.import_public_key(public_key_line).get_fingerprint("sha256"))
@@ -96,6 +105,9 @@ async def connect_target(
             config=None,
             ignore_encrypted=True,
             connect_timeout=up.connect_timeout,
+            # AES-GCM runs in OpenSSL (AES-NI); asyncssh's first choice, ChaCha20-Poly1305,
+            # costs the relay about a third of its scp throughput.
+            encryption_algs=_CIPHERS,
             keepalive_interval=30,
             encoding=None,
         )
