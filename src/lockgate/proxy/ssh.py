@@ -54,6 +54,7 @@ from lockgate.identity.ssh_ca import (
     principal_for_certificate,
     rejection_reason,
 )
+from lockgate.identity.verifier import shown
 from lockgate.model import ClientInfo, Principal, ResultSummary, SessionEnd
 from lockgate.policy.ssh import SshRequest
 from lockgate.proxy.ssh_channel import ChannelRelay, SshContext
@@ -278,13 +279,17 @@ class _GatewayServer(asyncssh.SSHServer):
             if not self.cert_refused:
                 # Not a disconnect: the client may go on with a token as the password.
                 self.cert_refused = True
+                subject = certificate_facts(cert).subject
+                ours = cert.signing_key.public_data == self.engine.user_ca.public_data
                 error = AuthFailed(
                     rejection_reason(cert, self.engine.user_ca),
                     hint="get a new certificate with `lockgate ssh-cert RESOURCE`",
+                    # Another CA's certificate names whoever its maker chose: not a subject.
+                    detail="" if ours else f"it names {shown(subject)}",
                 )
                 self._banner(error)
                 resource = username.rpartition("#")[2]
-                claimed = certificate_facts(cert).subject or None
+                claimed = subject if ours and subject else None
                 await self.gate.refuse(self.info, resource, claimed, "auth_failed", error)
             return False
         if not signed:
