@@ -11,16 +11,21 @@ import asyncio
 import datetime as dt
 import logging
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NoReturn
 
 from sqlalchemy.engine import Engine
 
+from lockgate.approvals.broker import ApprovalBroker, ApprovalOutcome
+from lockgate.approvals.rules import ApprovalRules
+from lockgate.approvals.store import STATEMENT, ApprovalRequest, ApprovalStore
+from lockgate.approvals.webhook import WebhookNotifier
 from lockgate.audit.recorder import AuditRecorder
-from lockgate.config.model import Manifest, Resource
+from lockgate.config.model import ApprovalRule, Manifest, Resource
 from lockgate.config.ssh import SshResource
 from lockgate.errors import (
     AccessDenied,
+    ApprovalRejected,
     CommandDenied,
     LockgateError,
     UnknownResource,
@@ -61,6 +66,20 @@ class Admission:
     analysis: Analysis
 
 
+class HeldForReview(Exception):
+    """A guardrail said `review` and an approval rule covers it: hold the command.
+
+    Not a `LockgateError`: the handler must hold the command, not refuse it. Open the
+    request with `Gate.hold`, wait, then call `admit` again with the outcome.
+    """
+
+    def __init__(self, command: Command, verdict: Verdict, rule: ApprovalRule) -> None:
+        super().__init__(verdict.message)
+        self.command = command
+        self.verdict = verdict
+        self.rule = rule
+
+
 class Gate:
     """Identity, access, secrets, analysis and audit behind one small API."""
 
@@ -77,6 +96,15 @@ class Gate:
         self.ssh_policy = SshPolicy(manifest)
         self.secrets = SecretStore.for_manifest(manifest, engine)
         self.analyzer = Analyzer()
+        self.approval_rules = ApprovalRules(manifest)
+        self.approvals = ApprovalStore(engine)
+        hooks = manifest.approvals.webhooks
+        self.broker = ApprovalBroker(
+            self.approvals,
+            manifest.approvals.poll_interval,
+            notify=WebhookNotifier(hooks) if hooks else None,
+        )
+        self._grant_rules = frozenset(r.name for r in manifest.access if r.requires_grant)
         self.audit = AuditRecorder(
             engine, manifest.state_dir / "journal", fsync=manifest.audit.fsync, ingest=ingest
         )
@@ -129,11 +157,29 @@ class Gate:
         decision = self.access.check(principal, resource_name)
         if not decision.allowed:
             raise AccessDenied(
-                decision.reason or f"identity '{principal.subject}' may not reach '{resource_name}'",
+                decision.reason
+                or f"identity '{principal.subject}' may not reach '{resource_name}'",
                 hint="ask an administrator for an access rule, or for a grant",
                 rule=decision.rule,
             )
+        if decision.rule in self._grant_rules:
+            # One indexed query on the state store, at connection time only.
+            if self.approvals.active_grant(principal, resource_name) is None:
+                raise AccessDenied(
+                    f"access rule '{decision.rule}' admits '{principal.subject}' to "
+                    f"'{resource_name}' only with an active grant, and there is none",
+                    hint=f"ask for one: lockgate request {resource_name} --for 30m "
+                    "--reason TEXT, then reconnect once a reviewer approved it",
+                    rule=decision.rule,
+                )
         return decision
+
+    async def _grant_id(self, principal: Principal, resource_name: str) -> str | None:
+        decision = self.access.check(principal, resource_name)
+        if decision.rule not in self._grant_rules:
+            return None
+        grant = await asyncio.to_thread(self.approvals.active_grant, principal, resource_name)
+        return grant.id if grant is not None else ""
 
     def credential(self, resource: Resource) -> str | None:
         """The upstream secret for `resource` (None when it has none); raises SecretError."""
@@ -153,12 +199,18 @@ class Gate:
             client=client,
             started_at=dt.datetime.now(dt.UTC),
             read_only=self.access.read_only(principal, resource.name),
+            grant_id=await self._grant_id(principal, resource.name),
         )
         await self.audit.session_started(session)
         return session
 
     async def refuse(
-        self, client: ClientInfo, resource: str, subject: str | None, code: str, error: LockgateError
+        self,
+        client: ClientInfo,
+        resource: str,
+        subject: str | None,
+        code: str,
+        error: LockgateError,
     ) -> None:
         """Record a refused connection; a failure to record is logged, never raised."""
         reason = f"{error.message} [{error.detail}]" if error.detail else error.message
@@ -168,8 +220,30 @@ class Gate:
             log.exception("could not record a refused connection")
 
     async def sessions_to_end(self, sessions: list[Session]) -> list[SessionVerdict]:
-        """Live sessions whose token expired or was revoked, or that are open too long."""
-        return await self.live_sessions.verdicts(sessions)
+        """Live sessions whose token or grant expired or was revoked, or open too long."""
+        verdicts = await self.live_sessions.verdicts(sessions)
+        ending = {v.session.id for v in verdicts}
+        granted = [s for s in sessions if s.grant_id is not None and s.id not in ending]
+        if granted:
+            verdicts += await asyncio.to_thread(self._grants_ended, granted)
+        return verdicts
+
+    def _grants_ended(self, sessions: list[Session]) -> list[SessionVerdict]:
+        now = dt.datetime.now(dt.UTC)
+        found = self.approvals.grants_by_id(s.grant_id for s in sessions if s.grant_id)
+        out = []
+        for s in sessions:
+            grant = found.get(s.grant_id or "")
+            if grant is not None and grant.active(now):
+                continue
+            if grant is None:
+                why = "the session's access grant had ended"
+            elif grant.revoked_at is not None:
+                why = f"its access grant {grant.id} was revoked ({grant.revoked_reason})"
+            else:
+                why = f"its access grant {grant.id} expired at {grant.expires_at:%H:%M:%S} UTC"
+            out.append(SessionVerdict(s, SessionEnd.GRANT_ENDED, why))
+        return out
 
     def end_session(
         self, session: Session, end: SessionEnd, bytes_in: int, bytes_out: int, error: str | None
@@ -188,12 +262,15 @@ class Gate:
         params: tuple[str | None, ...] | None = None,
         *,
         opaque: bool = False,
+        approval: ApprovalOutcome | None = None,
     ) -> Admission:
         """Analyse and decide on a command; raises `CommandDenied` when a rule refuses it.
 
         A refused command is recorded here (decision, rule, the facts that matched); an
         admitted one must then be recorded with `record` before it is forwarded. `opaque`:
         the text only describes the command (a fastpath call), it cannot be analysed.
+        A `review` covered by an approval rule raises `HeldForReview`; `approval` is the
+        outcome of that review when the held command comes back.
         """
         analysis = self.analyzer.analyze(text)
         verdict = self.guardrails.judge(
@@ -212,9 +289,51 @@ class Gate:
             params=params if self.manifest.audit.record_parameters else None,
             decision=verdict.decision,
         )
+        if verdict.decision.kind is DecisionKind.REVIEW:
+            rule = self.approval_rules.for_statement(session.resource, verdict.decision.rule)
+            if rule is not None:
+                if approval is None:
+                    raise HeldForReview(command, verdict, rule)
+                return self._reviewed(command, verdict, approval, analysis)
         if verdict.refused:
             self._refuse_command(command, verdict)
         return Admission(command, analysis)
+
+    def _reviewed(
+        self, command: Command, verdict: Verdict, outcome: ApprovalOutcome, analysis: Analysis
+    ) -> Admission:
+        rule = verdict.decision.rule
+        note = f"request {outcome.request_id} {outcome.status}: {outcome.reason}"
+        if outcome.approved:
+            decision = Decision(DecisionKind.ALLOW, rule, f"{verdict.decision.reason} [{note}]")
+            return Admission(replace(command, decision=decision), analysis)
+        decision = Decision(DecisionKind.DENY, rule, f"{verdict.decision.reason} [{note}]")
+        self.audit.command_refused(
+            replace(command, decision=decision),
+            ResultSummary(status=f"review {outcome.status}", error_message=outcome.reason),
+        )
+        raise ApprovalRejected(
+            f"the statement was not run: approval request {outcome.request_id} "
+            f"{outcome.status} ({outcome.reason})",
+            hint="the session goes on; ask a reviewer, or change the statement",
+            rule=rule,
+        )
+
+    async def hold(self, session: Session, held: HeldForReview) -> ApprovalRequest:
+        """Store (and announce) the approval request for a held command."""
+        cmd = held.command
+        return await self.broker.open(
+            lambda: self.approvals.create(
+                STATEMENT,
+                session.principal,
+                session.resource,
+                held.rule,
+                held.verdict.decision.reason,
+                statement=cmd.text,
+                guardrail=held.verdict.decision.rule,
+                session_id=session.id,
+            )
+        )
 
     def screen(self, session: Session, seq: int, text: str) -> None:
         """Judge a statement being prepared (it must not even be prepared if refused).
@@ -226,6 +345,10 @@ class Gate:
         verdict = self.guardrails.judge(
             session.principal, session.resource, analysis, read_only=session.read_only
         )
+        if verdict.decision.kind is DecisionKind.REVIEW and self.approval_rules.for_statement(
+            session.resource, verdict.decision.rule
+        ):
+            return  # prepared freely: each execution is held for review
         if verdict.refused:
             command = Command(
                 session_id=session.id,

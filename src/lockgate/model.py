@@ -49,6 +49,8 @@ class SessionEnd(enum.StrEnum):
     TOKEN_EXPIRED = "token_expired"
     REVOKED = "revoked"
     MAX_SESSION = "max_session"
+    # The just-in-time grant the session was admitted under expired or was revoked.
+    GRANT_ENDED = "grant_ended"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +64,9 @@ class Session:
     started_at: datetime
     # Read-only in depth (the access rule says `read_only: true`).
     read_only: bool = False
+    # The just-in-time grant it was admitted under (its access rule `requires_grant`);
+    # "" when one was required but had ended by the time the session opened.
+    grant_id: str | None = None
 
 
 class DecisionKind(enum.StrEnum):

@@ -16,7 +16,12 @@ from sqlalchemy.engine import Engine, create_engine
 metadata = MetaData()
 
 # Modules that declare tables on `metadata`; imported before `create_all`.
-_TABLE_MODULES = ("lockgate.audit.tables", "lockgate.identity.tables", "lockgate.secrets.tables")
+_TABLE_MODULES = (
+    "lockgate.audit.tables",
+    "lockgate.identity.tables",
+    "lockgate.secrets.tables",
+    "lockgate.approvals.tables",
+)
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 

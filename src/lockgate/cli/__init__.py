@@ -10,6 +10,7 @@ from lockgate import __version__
 
 _COMMAND_MODULES = (
     "serve", "check", "token", "secret", "audit", "demo", "ssh", "classify", "policy", "login",
+    "reviews",
 )
 
 

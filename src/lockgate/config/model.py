@@ -154,6 +154,9 @@ class AccessRule(_Strict):
     # The session is read-only in depth: the upstream starts with
     # default_transaction_read_only=on and every way of turning it off is refused.
     read_only: bool = False
+    # Only principals holding an active just-in-time grant for the resource get in
+    # (`lockgate request RESOURCE --for 30m`, approved under `approvals.rules`).
+    requires_grant: bool = False
 
 
 class GatewayTokens(_Strict):
@@ -524,6 +527,71 @@ class Guardrails(_Strict):
     rules: list[GuardrailRule] = []
 
 
+class ApprovalRule(_Strict):
+    """Who reviews which held statements (by guardrail rule) and access requests, and how."""
+
+    name: str
+    resources: list[str] = ["*"]
+    # What the rule covers: held statements, access requests (grants), or both.
+    requests: list[Literal["statement", "grant"]] = ["statement", "grant"]
+    # Guardrail rule names (`*` wildcards) whose `review` this rule handles.
+    guardrails: list[str] = ["*"]
+    # Groups whose members may approve or deny; nobody ever decides their own request.
+    reviewers: list[str] = Field(min_length=1)
+    quorum: int = Field(default=1, ge=1, le=10)
+    # Each approval must come from a reviewer group not counted before.
+    distinct_groups: bool = False
+    # A request nobody decided within this time expires (the held client gets an error).
+    expires: str = "15m"
+    # Longest grant an access request may ask for.
+    max_grant: str = "8h"
+
+    @field_validator("expires", "max_grant")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        if parse_duration(v) < 1:
+            raise ValueError("must be at least 1s")
+        return v
+
+    @model_validator(mode="after")
+    def _enough_groups(self) -> ApprovalRule:
+        if self.distinct_groups and self.quorum > len(set(self.reviewers)):
+            raise ValueError(
+                f"quorum {self.quorum} from distinct groups needs at least {self.quorum} "
+                "reviewer groups"
+            )
+        return self
+
+
+class ApprovalWebhook(_Strict):
+    """A URL that gets a JSON event on every new request and decision."""
+
+    url: str
+    # `slack`: a Slack-compatible payload (`text`), else Lockgate's own event.
+    format: Literal["lockgate", "slack"] = "lockgate"
+    attempts: int = Field(default=3, ge=1, le=10)
+    timeout: float = Field(default=5.0, gt=0, le=60)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme == "https" and parts.hostname:
+            return v
+        if parts.scheme == "http" and parts.hostname in _LOOPBACK_HOSTS:
+            return v
+        raise ValueError("must be an https:// URL (http:// only for a loopback address)")
+
+
+class Approvals(_Strict):
+    """Just-in-time approval: held statements and time-boxed access grants."""
+
+    rules: list[ApprovalRule] = []
+    webhooks: list[ApprovalWebhook] = []
+    # How often a gateway process looks for decisions on the requests it holds.
+    poll_interval: float = Field(default=0.5, gt=0, le=30)
+
+
 class Manifest(_Strict):
     version: Literal[1] = 1
     state: State = State()
@@ -535,6 +603,7 @@ class Manifest(_Strict):
     guardrails: Guardrails = Guardrails()
     masking: Masking = Masking()
     ssh: SshSettings = SshSettings()
+    approvals: Approvals = Approvals()
     # host:port of the Prometheus /metrics listener, served by the `lockgate serve` supervisor.
     metrics: Address | None = None
 

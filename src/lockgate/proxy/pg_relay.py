@@ -25,6 +25,16 @@ client must see PostgreSQL's failed-transaction semantics (`25P02` until ROLLBAC
 only the server can put its transaction in that state; outside one, the failing statement
 has no effect. The refused text itself never reaches the server, and extended-protocol
 messages after the refusal are skipped up to `Sync`, as the server would skip them.
+
+Held for review. When the gate says a command needs a reviewer (`HeldForReview`), the
+plan stops just before it: what precedes it in the chunk goes upstream as usual, and the
+rest of the chunk (the held command first) waits at the head of `_held` while the
+approval request is stored, announced to the client with a NoticeResponse, and waited
+for (the broker polls the store; nothing runs per row). Then the rest is planned again
+with the outcome: approved, the command goes upstream once; otherwise it is refused like
+any guardrail refusal and the session goes on. Client reading stays on while waiting
+(bytes queue in `_held`, bounded), so a client that disconnects is noticed and its
+request withdrawn.
 """
 
 from __future__ import annotations
@@ -37,13 +47,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from lockgate.approvals.broker import ApprovalOutcome
 from lockgate.errors import LockgateError
-from lockgate.gate import Admission, Gate
+from lockgate.gate import Admission, Gate, HeldForReview
 from lockgate.model import ResultSummary, Session
 from lockgate.protocols.postgres import messages as m
 from lockgate.protocols.postgres import sqlstate
 from lockgate.proxy import pg_masking
 from lockgate.proxy.endpoint import Endpoint
+from lockgate.tasks import spawn
 
 log = logging.getLogger("lockgate.postgres")
 
@@ -65,6 +77,10 @@ _FAIL_PARSE = m.message(b"P", b"lockgate_refused\x00" + _FAIL_SQL + b"\x00\x00\x
 
 # Frontend message types that may appear after startup.
 _FRONTEND_TYPES = frozenset(b"QPBDCESHXFdcfp")
+
+# While a command waits for a reviewer, the client's later bytes queue up to this much;
+# beyond it, reading pauses (and a disconnect is noticed only when the wait ends).
+_HELD_LIMIT = 1 << 20
 
 
 @dataclass(slots=True)
@@ -93,6 +109,9 @@ class _Plan:
 
     out: list[tuple[bytes | memoryview, _Op | None]] = field(default_factory=list)
     admissions: list[Admission] = field(default_factory=list)
+    # A command held for review: the plan stops before it, at `hold_at` in the chunk.
+    hold: HeldForReview | None = None
+    hold_at: int = -1
 
 
 class PgRelay:
@@ -129,6 +148,12 @@ class PgRelay:
         # None unless a masking rule applies to this session: then the relay masks results.
         self._masker = pg_masking.masker_for(gate, session)
         self._mask_wait = False
+        # Review of a held command: its outcome (for the command's text) once known,
+        # the request being waited for, and whether the session is gone.
+        self._approval: tuple[str, ApprovalOutcome] | None = None
+        self._request_id: str | None = None
+        self._review_paused = False
+        self._abandoned = False
 
     def start(self) -> None:
         self.client.peer = self.upstream
@@ -149,6 +174,13 @@ class PgRelay:
     def _from_client(self, data: bytes) -> None:
         if self._holding:
             self._held.append(data)
+            if (
+                self._request_id is not None
+                and not self._review_paused
+                and sum(len(c) for c in self._held) > _HELD_LIMIT
+            ):
+                self._review_paused = True
+                self.client.pause_reading()
             return
         if self._cbuf:
             self._cbuf += data
@@ -168,16 +200,24 @@ class PgRelay:
         except m.ProtocolViolation as exc:
             self._fail(exc.message)
             return
+        if plan.hold is not None:
+            # The held command and all after it wait (at the head of the queue).
+            self._held.insert(0, bytes(buf[plan.hold_at :]))
+            self._cbuf = bytearray()
+            self._holding = True
         if not plan.admissions:
             self._apply(plan)
+            self._review(plan)
             return
         try:
             durable = self.gate.record(plan.admissions)
         except LockgateError as exc:
             self._apply(self._refused(plan, exc))
+            self._review(plan)
             return
         if durable is None:
             self._apply(plan)
+            self._review(plan)
             return
         # Hold the chunk (and what follows) until its records are durable.
         self._holding = True
@@ -195,15 +235,77 @@ class PgRelay:
             plan = self._refused(plan, exc)
         if not self.upstream.closed:
             self._apply(plan)
+        if plan.hold is not None:
+            self.client.resume_reading()
+            self._review(plan)
+            return
+        self._drain()
+        self.client.resume_reading()
+
+    def _drain(self) -> None:
+        """Process the chunks that waited, in order, until one is held in turn."""
         self._holding = False
         held, self._held = self._held, []
         for i, chunk in enumerate(held):
             self._from_client(chunk)
             if self._holding:
-                # That chunk is held in turn: the rest waits behind it, in order.
-                self._held = held[i + 1 :] + self._held
+                # That chunk is held in turn (what it held back is first): the rest waits.
+                self._held = self._held + held[i + 1 :]
                 break
-        self.client.resume_reading()
+
+    # ================================================================ review
+    def _review(self, plan: _Plan) -> None:
+        if plan.hold is not None:
+            spawn(self._await_review(plan.hold), name="pg-review")
+
+    async def _await_review(self, held: HeldForReview) -> None:
+        """Open the approval request, tell the client, wait, then let the held rest go on."""
+        text = held.command.text
+        try:
+            request = await self.gate.hold(self.session, held)
+        except Exception:
+            log.exception("session %s: could not store an approval request", self.session.id)
+            outcome = ApprovalOutcome("-", "failed", "the approval request could not be stored")
+        else:
+            if self._abandoned:
+                await self.gate.broker.withdraw(request.id, "the client disconnected")
+                return
+            self._request_id = request.id
+            log.info(
+                "session %s: statement held for review as request %s", self.session.id, request.id
+            )
+            self.client.write(
+                m.notice_response(
+                    f"lockgate: this statement is held for review (rule: "
+                    f"{held.verdict.decision.rule}); waiting for approval request {request.id}",
+                    hint=f"a reviewer approves it with: lockgate reviews approve {request.id} "
+                    "--reason TEXT (or denies it with: lockgate reviews deny ...); it expires "
+                    f"at {request.expires_at:%Y-%m-%d %H:%M:%S} UTC",
+                )
+            )
+            outcome = await self.gate.broker.wait(request)
+            self._request_id = None
+        if self._abandoned or self.client.closed:
+            return
+        self._approval = (text, outcome)
+        if self._review_paused:
+            self._review_paused = False
+            self.client.resume_reading()
+        self._drain()
+
+    def cancel_review(self) -> None:
+        """The client cancelled: a statement waiting for a reviewer is withdrawn (and refused)."""
+        rid = self._request_id
+        if rid is not None:
+            why = "the client cancelled the statement"
+            spawn(self.gate.broker.withdraw(rid, why), name="pg-withdraw")
+
+    def abandon(self) -> None:
+        """The session is over: withdraw a request still waiting for a reviewer."""
+        self._abandoned = True
+        rid, self._request_id = self._request_id, None
+        if rid is not None:
+            spawn(self.gate.broker.withdraw(rid, "the client disconnected"), name="pg-withdraw")
 
     def _plan(self, buf: bytes | bytearray, spans: list[tuple[int, int]]) -> _Plan:
         plan = _Plan()
@@ -245,6 +347,10 @@ class PgRelay:
                     portal = m.parse_execute(payload)[0] if t == _E else ""
                     op.mask = self._masker.command(t, text, portal)
                 adm = self._admit(text, params, op, opaque=t == _F)
+                if isinstance(adm, HeldForReview):
+                    # Stop here: this message and the rest of the chunk wait for a reviewer.
+                    plan.hold, plan.hold_at = adm, off
+                    return plan
                 if isinstance(adm, Admission):
                     plan.admissions.append(adm)
                     out.append((mv[off:end], op))
@@ -293,16 +399,31 @@ class PgRelay:
 
     def _admit(
         self, text: str, params: tuple[str | None, ...] | None, op: _Op, *, opaque: bool = False
-    ) -> Admission | bytes:
-        """Admit a command, or return the ErrorResponse that refuses it (already recorded)."""
+    ) -> Admission | bytes | HeldForReview:
+        """Admit a command, or return the ErrorResponse that refuses it (already recorded).
+
+        Or the hold, when it must wait for a reviewer (nothing recorded yet).
+        """
         self._seq += 1
         op.seq = self._seq
+        approval = None
+        if self._approval is not None:
+            held_text, outcome = self._approval
+            self._approval = None
+            if held_text == text:
+                approval = outcome
         try:
             if self._masker is not None and not opaque:
                 refusal = self._masker.refusal(text)
                 if refusal is not None:
                     raise refusal
-            return self.gate.admit(self.session, self._seq, text, params, opaque=opaque)
+            return self.gate.admit(
+                self.session, self._seq, text, params, opaque=opaque, approval=approval
+            )
+        except HeldForReview as held:
+            self._seq -= 1
+            op.seq = 0
+            return held
         except LockgateError as exc:
             op.seq = 0
             return _error_bytes(exc)

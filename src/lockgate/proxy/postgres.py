@@ -48,6 +48,8 @@ class CancelRegistry:
         # receiving a CancelRequest knows where to forward it.
         self.key_prefix = key_prefix
         self._keys: dict[tuple[int, int], tuple[UpstreamTarget, int, int]] = {}
+        # Sessions that want to hear about a cancel first (a statement held for review).
+        self._listeners: dict[tuple[int, int], Callable[[], object]] = {}
 
     def register(self, target: UpstreamTarget, upstream_pid: int, upstream_secret: int) -> tuple[int, int]:
         while True:
@@ -60,6 +62,11 @@ class CancelRegistry:
 
     def unregister(self, pid: int, key: int) -> None:
         self._keys.pop((pid, key), None)
+        self._listeners.pop((pid, key), None)
+
+    def listen(self, pid: int, key: int, on_cancel: Callable[[], object]) -> None:
+        """Call `on_cancel` when the client cancels (before the upstream is told)."""
+        self._listeners[(pid, key)] = on_cancel
 
     async def cancel(self, pid: int, key: int) -> bool:
         """Send the upstream CancelRequest for a client's key; False if the key is unknown."""
@@ -67,6 +74,9 @@ class CancelRegistry:
         if found is None:
             return False
         target, upid, ukey = found
+        listener = self._listeners.get((pid, key))
+        if listener is not None:
+            listener()
         try:
             await _send_cancel(target, upid, ukey)
         except (OSError, TimeoutError, ssl.SSLError) as exc:
@@ -317,6 +327,7 @@ class PostgresEngine:
             finished(verdict.message)
 
         relay = PgRelay(self.gate, session, client, up, finished)
+        self.cancels.listen(pid, key, relay.cancel_review)
         self._enders[session.id] = (session, end_now)
         client.on_lost = lambda exc: finished(None)
         up.on_lost = lambda exc: finished("upstream closed the connection")
@@ -336,6 +347,7 @@ class PostgresEngine:
                 )
             )
         finally:
+            relay.abandon()
             self.sessions.pop(session.id, None)
             self._enders.pop(session.id, None)
             self.cancels.unregister(pid, key)
@@ -348,9 +360,7 @@ class PostgresEngine:
                     sqlstate.ADMIN_SHUTDOWN,
                     f"lockgate: session ended: {verdict.message}",
                     severity="FATAL",
-                    hint="reconnect with a valid token"
-                    if end is not SessionEnd.REVOKED
-                    else "ask an administrator to restore access",
+                    hint=_END_HINTS.get(end, "reconnect with a valid token"),
                 )
             )
         elif reason is None:
@@ -373,6 +383,13 @@ class PostgresEngine:
             up.bytes_received,
             None if end in (SessionEnd.CLIENT_TERMINATED, SessionEnd.CLIENT_DISCONNECTED) else reason,
         )
+
+
+_END_HINTS = {
+    SessionEnd.REVOKED: "ask an administrator to restore access",
+    SessionEnd.GRANT_ENDED: "ask for access again: lockgate request RESOURCE --for 30m "
+    "--reason TEXT",
+}
 
 
 class _Refusal(Exception):

@@ -1,0 +1,1 @@
+"""Just-in-time approval: statements held for a reviewer, and time-boxed access grants."""
