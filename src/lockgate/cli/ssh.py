@@ -173,6 +173,12 @@ def _user_key(
         base = str(public_key).removesuffix(".pub")
         return key, output or Path(f"{base}-cert.pub")
     path = output or Path(f"lockgate-{resource}")
+    if path.exists() and not Path(f"{path}-cert.pub").exists():
+        # Only a key pair this command wrote (a certificate next to it) is replaced.
+        fail(
+            f"{path} exists and is not a key pair from `lockgate ssh-cert`",
+            f"certify it with --public-key {path}.pub, or pick another -o FILE",
+        )
     key = asyncssh.generate_private_key("ssh-ed25519", comment=f"lockgate {resource}")
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

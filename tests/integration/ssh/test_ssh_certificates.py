@@ -82,6 +82,18 @@ def test_certificate_for_an_existing_public_key(gateway: SshGateway, tmp_path: P
     assert made.returncode == 0, made.stderr
     r = cert_ssh(gateway, key, tmp_path / "mine-cert.pub", "true")
     assert r.returncode == 0, r.stderr
+    # -o never overwrites a key it did not write; its own earlier pair it replaces.
+    theirs = tmp_path / "theirs"
+    theirs.write_text("a private key of the user's own\n")
+    clobber = ssh_cert(gateway, token, theirs)
+    assert clobber.returncode == 1
+    assert "--public-key" in clobber.stderr
+    assert theirs.read_text() == "a private key of the user's own\n"
+    again = tmp_path / "renewed"
+    assert ssh_cert(gateway, token, again).returncode == 0
+    first = again.read_bytes()
+    assert ssh_cert(gateway, token, again).returncode == 0
+    assert again.read_bytes() != first
 
 
 def test_expired_certificate_is_refused(gateway: SshGateway, tmp_path: Path) -> None:
