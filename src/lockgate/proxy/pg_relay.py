@@ -300,12 +300,14 @@ class PgRelay:
             why = "the client cancelled the statement"
             spawn(self.gate.broker.withdraw(rid, why), name="pg-withdraw")
 
-    def abandon(self) -> None:
-        """The session is over: withdraw a request still waiting for a reviewer."""
+    def abandon(self) -> str | None:
+        """The session is over: the id of a request still waiting, for the caller to withdraw.
+
+        A request still being stored is withdrawn by the review task itself.
+        """
         self._abandoned = True
         rid, self._request_id = self._request_id, None
-        if rid is not None:
-            spawn(self.gate.broker.withdraw(rid, "the client disconnected"), name="pg-withdraw")
+        return rid
 
     def _plan(self, buf: bytes | bytearray, spans: list[tuple[int, int]]) -> _Plan:
         plan = _Plan()

@@ -347,7 +347,7 @@ class PostgresEngine:
                 )
             )
         finally:
-            relay.abandon()
+            held = relay.abandon()
             self.sessions.pop(session.id, None)
             self._enders.pop(session.id, None)
             self.cancels.unregister(pid, key)
@@ -372,6 +372,10 @@ class PostgresEngine:
         else:
             end = SessionEnd.PROTOCOL_ERROR
         relay.finish_all(reason or "session ended")
+        if held is not None:
+            # Withdrawn before the session's record closes (and before a shutdown ends).
+            why = _WITHDRAWN.get(end, f"the session ended ({reason})")
+            await self.gate.broker.withdraw(held, why)
         if not up.closed:
             up.write(m.TERMINATE)
             up.close()
@@ -385,6 +389,12 @@ class PostgresEngine:
         )
 
 
+# Why a request held by a session that ended is withdrawn.
+_WITHDRAWN = {
+    SessionEnd.CLIENT_DISCONNECTED: "the client disconnected",
+    SessionEnd.CLIENT_TERMINATED: "the client disconnected",
+    SessionEnd.GATEWAY_SHUTDOWN: "the gateway shut down",
+}
 _END_HINTS = {
     SessionEnd.REVOKED: "ask an administrator to restore access",
     SessionEnd.GRANT_ENDED: "ask for access again: lockgate request RESOURCE --for 30m "

@@ -457,3 +457,30 @@ def test_cancel_withdraws_and_refuses_the_held_statement(
     done = json.loads(gw.cli("reviews", "show", req["id"], "--json").stdout)
     assert done["status"] == "withdrawn"
     assert _count(direct, "payments", "cancelled") == 0
+
+
+def test_gateway_shutdown_disconnects_the_waiting_client_and_withdraws(
+    gateway_factory: Callable[..., RunningGateway],
+    pg_server: tuple[str, int, str],
+    it_database: str,
+    direct: psycopg.Connection[Any],
+    hooks: _Hooks,
+) -> None:
+    from lockgate.protocols.postgres import messages as m
+
+    gw2 = gateway_factory(_manifest(free_port(), it_database, pg_server, hooks.url), "restart")
+    wire = Wire(gw2.port, tls=True)
+    assert wire.login(gw2.token("alice", ("it",)), user="alice", database="itdb") is None
+    wire.send(m.query("INSERT INTO payments VALUES (8, 'shutdown')"))
+    req = _wait_request(
+        gw2,
+        lambda r: r["statement"] and "'shutdown'" in r["statement"] and r["status"] == "pending",
+    )
+    gw2.stop()
+    msgs = wire.until_closed()
+    wire.close()
+    errors = [m.parse_error_fields(p) for t, p in msgs if t == b"E"]
+    assert errors and errors[-1]["S"] == "FATAL" and "shutting down" in errors[-1]["M"]
+    done = json.loads(gw2.cli("reviews", "show", req["id"], "--json").stdout)
+    assert done["status"] == "withdrawn" and done["outcome"] == "the gateway shut down"
+    assert _count(direct, "payments", "shutdown") == 0
