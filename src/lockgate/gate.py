@@ -66,6 +66,19 @@ class Admission:
     analysis: Analysis
 
 
+class NeedsEstimate(Exception):
+    """A `rows_over` rule matched: admit the command again with the planner's estimate.
+
+    `explainable`: one statement that only reads, so `EXPLAIN` of it is safe; otherwise
+    pass -1 (no estimate), which the rule treats as over its threshold.
+    """
+
+    def __init__(self, command: Command, explainable: bool) -> None:
+        super().__init__("a row estimate is needed")
+        self.command = command
+        self.explainable = explainable
+
+
 class HeldForReview(Exception):
     """A guardrail said `review` and an approval rule covers it: hold the command.
 
@@ -263,6 +276,7 @@ class Gate:
         *,
         opaque: bool = False,
         approval: ApprovalOutcome | None = None,
+        estimate: int | None = None,
     ) -> Admission:
         """Analyse and decide on a command; raises `CommandDenied` when a rule refuses it.
 
@@ -270,7 +284,8 @@ class Gate:
         admitted one must then be recorded with `record` before it is forwarded. `opaque`:
         the text only describes the command (a fastpath call), it cannot be analysed.
         A `review` covered by an approval rule raises `HeldForReview`; `approval` is the
-        outcome of that review when the held command comes back.
+        outcome of that review when the held command comes back. A `rows_over` rule raises
+        `NeedsEstimate` first; `estimate` is the planner's row estimate when it comes back.
         """
         analysis = self.analyzer.analyze(text)
         verdict = self.guardrails.judge(
@@ -279,7 +294,16 @@ class Gate:
             analysis,
             opaque=opaque,
             read_only=session.read_only,
+            estimate=estimate,
         )
+        if verdict.needs_estimate:
+            facts = analysis.statements
+            explainable = len(facts) == 1 and facts[0].kind == "select" and not facts[0].writes
+            raise NeedsEstimate(
+                Command(session_id=session.id, seq=seq, text=text), explainable and not opaque
+            )
+        if estimate is not None and verdict.decision.allowed and not verdict.decision.reason:
+            verdict = Verdict(Decision(DecisionKind.ALLOW, "", f"estimated rows: {estimate}"))
         command = Command(
             session_id=session.id,
             seq=seq,

@@ -421,7 +421,8 @@ def _check_decision(req: ApprovalRequest, reviewer: Principal, verdict: str) -> 
             + (f" ({req.outcome})" if req.outcome else ""),
             hint="only pending requests can be decided",
         )
-    if reviewer.subject == req.requester and reviewer.issuer == req.requester_issuer:
+    # By subject alone: the same name at another issuer (or `--as`) is not someone else.
+    if reviewer.subject == req.requester:
         raise DecisionRefused(
             f"'{reviewer.subject}' made request {req.id} and cannot decide on it",
             hint="ask another reviewer",

@@ -473,6 +473,9 @@ class GuardrailMatch(_Strict):
     tables: list[str] = []
     reads: list[str] = []
     writes: list[str] = []
+    # Bulk reads: also match only when the planner estimates (EXPLAIN, nothing executed)
+    # that the statement returns more than this many rows.
+    rows_over: int | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _known_names(self) -> GuardrailMatch:

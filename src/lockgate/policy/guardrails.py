@@ -47,6 +47,8 @@ class Verdict:
     message: str = ""
     # Monitor-mode rules that matched: "rule: would deny (facts)".
     monitored: tuple[str, ...] = ()
+    # A `rows_over` rule matched the facts: judge again with the planner's row estimate.
+    needs_estimate: bool = False
 
     @property
     def refused(self) -> bool:
@@ -86,6 +88,7 @@ class _Match:
     tables: frozenset[str]
     reads: frozenset[str]
     writes: frozenset[str]
+    rows_over: int | None = None
 
     @classmethod
     def of(cls, m: GuardrailMatch) -> _Match:
@@ -94,7 +97,7 @@ class _Match:
 
         return cls(
             frozenset(m.kinds), frozenset(m.flags), low(m.functions), low(m.tables),
-            low(m.reads), low(m.writes),
+            low(m.reads), low(m.writes), m.rows_over,
         )  # fmt: skip
 
     def test(self, f: StatementFacts) -> str | None:
@@ -211,8 +214,13 @@ class Guardrails:
         *,
         opaque: bool = False,
         read_only: bool = False,
+        estimate: int | None = None,
     ) -> Verdict:
-        """The verdict on one command string (every statement in it)."""
+        """The verdict on one command string (every statement in it).
+
+        `estimate`: the planner's row estimate for the string (-1: it could not be had);
+        without it, a `rows_over` rule whose facts match asks for one (`needs_estimate`).
+        """
         rules = self.rules_for(principal, resource)
         if not rules and not read_only:
             return ALLOWED
@@ -237,6 +245,17 @@ class Guardrails:
                 matched = rule.match.test(facts)
                 if matched is None:
                     continue
+                over = rule.match.rows_over
+                if over is not None:
+                    if estimate is None:
+                        return Verdict(ALLOWED.decision, needs_estimate=True)
+                    if 0 <= estimate <= over:
+                        continue
+                    matched += (
+                        f"; estimated rows={estimate} > {over}"
+                        if estimate >= 0
+                        else f"; no row estimate (rows_over {over})"
+                    )
                 if rule.monitor:
                     monitored.append(f"{rule.name}: would {rule.action.value} ({matched})")
                     continue

@@ -34,7 +34,8 @@ for (the broker polls the store; nothing runs per row). Then the rest is planned
 with the outcome: approved, the command goes upstream once; otherwise it is refused like
 any guardrail refusal and the session goes on. Client reading stays on while waiting
 (bytes queue in `_held`, bounded), so a client that disconnects is noticed and its
-request withdrawn.
+request withdrawn. A `rows_over` guardrail holds a command the same way, first, while the
+planner's row estimate is fetched (`pg_estimate`); then it is judged again with it.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from typing import Any
 
 from lockgate.approvals.broker import ApprovalOutcome
 from lockgate.errors import LockgateError
-from lockgate.gate import Admission, Gate, HeldForReview
+from lockgate.gate import Admission, Gate, HeldForReview, NeedsEstimate
 from lockgate.model import ResultSummary, Session
 from lockgate.protocols.postgres import messages as m
 from lockgate.protocols.postgres import sqlstate
@@ -109,8 +110,9 @@ class _Plan:
 
     out: list[tuple[bytes | memoryview, _Op | None]] = field(default_factory=list)
     admissions: list[Admission] = field(default_factory=list)
-    # A command held for review: the plan stops before it, at `hold_at` in the chunk.
-    hold: HeldForReview | None = None
+    # A command held for review (or for its row estimate): the plan stops before it, at
+    # `hold_at` in the chunk.
+    hold: HeldForReview | NeedsEstimate | None = None
     hold_at: int = -1
 
 
@@ -151,6 +153,8 @@ class PgRelay:
         # Review of a held command: its outcome (for the command's text) once known,
         # the request being waited for, and whether the session is gone.
         self._approval: tuple[str, ApprovalOutcome] | None = None
+        # The planner's row estimate for a command waiting on it (kept through its review).
+        self._estimate: tuple[str, int] | None = None
         self._request_id: str | None = None
         self._review_paused = False
         self._abandoned = False
@@ -255,8 +259,23 @@ class PgRelay:
 
     # ================================================================ review
     def _review(self, plan: _Plan) -> None:
-        if plan.hold is not None:
+        if isinstance(plan.hold, NeedsEstimate):
+            spawn(self._await_estimate(plan.hold), name="pg-estimate")
+        elif plan.hold is not None:
             spawn(self._await_review(plan.hold), name="pg-review")
+
+    async def _await_estimate(self, held: NeedsEstimate) -> None:
+        """Ask the planner how many rows the held command returns, then judge it again."""
+        from lockgate.proxy.pg_estimate import NO_ESTIMATE, estimate_rows
+
+        text = held.command.text
+        rows = NO_ESTIMATE
+        if held.explainable:
+            rows = await estimate_rows(self.gate, self.session.resource, text)
+        if self._abandoned or self.client.closed:
+            return
+        self._estimate = (text, rows)
+        self._drain()
 
     async def _await_review(self, held: HeldForReview) -> None:
         """Open the approval request, tell the client, wait, then let the held rest go on."""
@@ -349,8 +368,8 @@ class PgRelay:
                     portal = m.parse_execute(payload)[0] if t == _E else ""
                     op.mask = self._masker.command(t, text, portal)
                 adm = self._admit(text, params, op, opaque=t == _F)
-                if isinstance(adm, HeldForReview):
-                    # Stop here: this message and the rest of the chunk wait for a reviewer.
+                if isinstance(adm, HeldForReview | NeedsEstimate):
+                    # Stop here: this message and the rest of the chunk wait (estimate, review).
                     plan.hold, plan.hold_at = adm, off
                     return plan
                 if isinstance(adm, Admission):
@@ -401,7 +420,7 @@ class PgRelay:
 
     def _admit(
         self, text: str, params: tuple[str | None, ...] | None, op: _Op, *, opaque: bool = False
-    ) -> Admission | bytes | HeldForReview:
+    ) -> Admission | bytes | HeldForReview | NeedsEstimate:
         """Admit a command, or return the ErrorResponse that refuses it (already recorded).
 
         Or the hold, when it must wait for a reviewer (nothing recorded yet).
@@ -414,19 +433,35 @@ class PgRelay:
             self._approval = None
             if held_text == text:
                 approval = outcome
+        estimate = None
+        if self._estimate is not None:
+            if self._estimate[0] == text:
+                estimate = self._estimate[1]
+            else:
+                self._estimate = None
         try:
             if self._masker is not None and not opaque:
                 refusal = self._masker.refusal(text)
                 if refusal is not None:
                     raise refusal
-            return self.gate.admit(
-                self.session, self._seq, text, params, opaque=opaque, approval=approval
+            admitted = self.gate.admit(
+                self.session,
+                self._seq,
+                text,
+                params,
+                opaque=opaque,
+                approval=approval,
+                estimate=estimate,
             )
-        except HeldForReview as held:
+            self._estimate = None
+            return admitted
+        except (HeldForReview, NeedsEstimate) as held:
+            # Not admitted yet: the estimate stays for the same command's next admission.
             self._seq -= 1
             op.seq = 0
             return held
         except LockgateError as exc:
+            self._estimate = None
             op.seq = 0
             return _error_bytes(exc)
 

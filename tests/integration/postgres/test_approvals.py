@@ -96,6 +96,11 @@ def _manifest(port: int, database: str, pg: tuple[str, int, str], hook_url: str)
             {"name": "hold-payments", "match": {"writes": ["payments"]}, "action": "review"},
             {"name": "hold-ledger", "match": {"writes": ["ledger"]}, "action": "review"},
             {"name": "hold-vault", "match": {"writes": ["vault"]}, "action": "review"},
+            {
+                "name": "bulk-reads",
+                "match": {"kinds": ["select"], "reads": ["big"], "rows_over": 10000},
+                "action": "review",
+            },
         ]
     }
     manifest["approvals"] = {
@@ -120,6 +125,7 @@ def _manifest(port: int, database: str, pg: tuple[str, int, str], hook_url: str)
                 "distinct_groups": True,
             },
             {"name": "jit", "requests": ["grant"], "resources": ["jitdb"], "reviewers": ["sre"]},
+            {"name": "bulk", "guardrails": ["bulk-reads"], "reviewers": ["sre"]},
         ],
     }
     return manifest
@@ -136,6 +142,11 @@ def gw(
     with psycopg.connect(host=host, port=port, user=user, dbname=it_database, autocommit=True) as c:
         for table in ("payments", "ledger", "vault"):
             c.execute(f"CREATE TABLE {table} (id int, note text)")
+        c.execute(
+            "CREATE TABLE big AS "
+            "SELECT g AS id, 'row ' || g AS note FROM generate_series(1, 20000) g"
+        )
+        c.execute("ANALYZE big")
     gateway = start_gateway(
         tmp_path_factory.mktemp("approvals"),
         _manifest(free_port(), it_database, pg_server, hooks.url),
@@ -177,13 +188,14 @@ class _Client(threading.Thread):
         self.notices: list[str] = []
         self.error: psycopg.Error | None = None
         self.after: Any = None
+        self.rowcount = -1
 
     def run(self) -> None:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             conn.add_notice_handler(lambda d: self.notices.append(d.message_primary or ""))
             conn.add_notice_handler(lambda d: self.notices.append(d.message_hint or ""))
             try:
-                conn.execute(self.sql)
+                self.rowcount = conn.execute(self.sql).rowcount
             except psycopg.Error as exc:
                 self.error = exc
             # The session goes on whatever the outcome.
@@ -484,3 +496,54 @@ def test_gateway_shutdown_disconnects_the_waiting_client_and_withdraws(
     done = json.loads(gw2.cli("reviews", "show", req["id"], "--json").stdout)
     assert done["status"] == "withdrawn" and done["outcome"] == "the gateway shut down"
     assert _count(direct, "payments", "shutdown") == 0
+
+
+def test_bulk_read_is_held_on_the_planner_estimate(gw: RunningGateway) -> None:
+    alice = gw.token("alice", ("it",))
+    before = {r["id"] for r in _requests(gw, "--all")}
+    with psycopg.connect(gw.dsn(alice), autocommit=True) as conn:
+        # Estimated well under the threshold: runs at once, nothing asked.
+        assert len(conn.execute("SELECT * FROM big WHERE id <= 10").fetchall()) == 10
+        assert conn.execute("SELECT count(*) FROM big").fetchone() == (20000,)
+    assert {r["id"] for r in _requests(gw, "--all")} == before
+
+    client = _Client(gw.dsn(alice), "SELECT id, note FROM big")
+    client.start()
+    req = _wait_request(gw, lambda r: r["guardrail"] == "bulk-reads" and r["status"] == "pending")
+    assert "estimated rows=" in req["reason"] and "> 10000" in req["reason"]
+    gw.cli("reviews", "approve", req["id"], "--reason", "export", "--as", "root", "--group", "sre")
+    client.join(60)
+    assert not client.is_alive() and client.error is None
+    assert client.rowcount == 20000
+
+
+def test_bulk_read_with_parameters_is_held_and_denied(gw: RunningGateway) -> None:
+    alice = gw.token("alice", ("it",))
+    with psycopg.connect(gw.dsn(alice), autocommit=True) as conn:
+        failure: list[psycopg.Error] = []
+        rows: list[Any] = []
+
+        def run() -> None:
+            try:
+                rows.extend(conn.execute("SELECT * FROM big WHERE id > %s", (0,)).fetchall())
+            except psycopg.Error as exc:
+                failure.append(exc)
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        req = _wait_request(
+            gw,
+            lambda r: (
+                r["guardrail"] == "bulk-reads"
+                and r["status"] == "pending"
+                and "$1" in (r["statement"] or "")
+            ),
+        )
+        gw.cli(
+            "reviews", "deny", req["id"], "--reason", "too much", "--as", "root", "--group", "sre"
+        )
+        worker.join(30)
+        assert not worker.is_alive()
+        assert not rows and failure and failure[0].sqlstate == "42501"
+        assert "too much" in str(failure[0])
+        assert conn.execute("SELECT 1").fetchone() == (1,)

@@ -46,6 +46,9 @@ def test_requester_cannot_decide_and_outsiders_cannot_either(store: ApprovalStor
         store.decide(req.id, ALICE, "approve", "mine")
     with pytest.raises(DecisionRefused, match="not a reviewer"):
         store.decide(req.id, EVE, "approve", "x")
+    as_admin = Principal("alice", frozenset({"sre"}), issuer="admin")
+    with pytest.raises(DecisionRefused, match="cannot decide"):
+        store.decide(req.id, as_admin, "approve", "mine, via --as")
     assert store.outcomes([req.id]) == {req.id: ("pending", None)}
 
 
