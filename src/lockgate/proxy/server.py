@@ -219,6 +219,11 @@ def run_gateway(manifest: Manifest, workers: int | None = None) -> int:
         # Workers would race to create the self-signed certificate, and one could
         # read another's half-written file: create it once, here.
         listener_context(listener, manifest)
+    # Likewise the token signing key: two workers verifying their first token at once
+    # must not both create it.
+    from lockgate.identity.tokens import SIGNING_KEY_FILE, load_or_create_signing_key
+
+    load_or_create_signing_key(manifest.state_dir / SIGNING_KEY_FILE)
     children: list[int] = []
     for index in range(n):
         pid = os.fork()
