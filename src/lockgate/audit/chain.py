@@ -34,7 +34,6 @@ import hashlib
 import logging
 import os
 import socket
-import stat
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -56,6 +55,7 @@ from lockgate.audit.tables import (
     audit_events,
 )
 from lockgate.errors import LockgateError
+from lockgate.keyfiles import check_owner_only, create_private_file, pem_private_key
 
 log = logging.getLogger(__name__)
 
@@ -209,29 +209,10 @@ class Checkpoint:
 
 def load_or_create_key(path: Path) -> Ed25519PrivateKey:
     """The state folder's audit signing key, created (mode 0600) on first use."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        key = Ed25519PrivateKey.generate()
-        pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass  # another process created it first: use theirs
-        else:
-            with os.fdopen(fd, "wb") as f:
-                f.write(pem)
-                f.flush()
-                os.fsync(f.fileno())
-            return key
-    if os.name == "posix" and stat.S_IMODE(path.stat().st_mode) & 0o077:
-        raise ChainKeyError(
-            f"audit signing key {path} is accessible by other users",
-            hint=f"restrict it with `chmod 600 {path}`, then retry",
-        )
+    created = Ed25519PrivateKey.generate()
+    if create_private_file(path, lambda: pem_private_key(created)):
+        return created
+    check_owner_only(path, "audit signing key", ChainKeyError)
     try:
         loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:

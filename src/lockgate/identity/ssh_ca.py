@@ -10,9 +10,7 @@ at the next login rather than when the certificate expires.
 
 from __future__ import annotations
 
-import os
 import secrets
-import stat
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,6 +24,7 @@ from lockgate.config.model import Manifest
 from lockgate.errors import AuthFailed, LockgateError
 from lockgate.identity.revocation import find_revocation
 from lockgate.identity.tokens import iso, lookup_token
+from lockgate.keyfiles import check_owner_only, create_private_file
 from lockgate.model import Principal
 
 CA_KEY_FILE = "ssh-user-ca"
@@ -43,26 +42,13 @@ def ca_key_path(manifest: Manifest) -> Path:
 def load_or_create_ca(manifest: Manifest) -> asyncssh.SSHKey:
     """The CA's private key, generated once (Ed25519, mode 0600) in the state folder."""
     path = ca_key_path(manifest)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        key = asyncssh.generate_private_key("ssh-ed25519", comment="lockgate-ssh-user-ca")
-        data = key.export_private_key("openssh")
-        try:
-            # O_EXCL: if another process created the key first, use theirs.
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if os.name == "posix" and mode & 0o077:
-        raise LockgateError(
-            f"the SSH CA key {path} is accessible by other users (mode {mode:04o})",
-            hint=f"restrict it with `chmod 600 {path}`, then retry",
-        )
+    create_private_file(
+        path,
+        lambda: asyncssh.generate_private_key(
+            "ssh-ed25519", comment="lockgate-ssh-user-ca"
+        ).export_private_key("openssh"),
+    )
+    check_owner_only(path, "the SSH CA key")
     try:
         return asyncssh.read_private_key(str(path))
     except (OSError, asyncssh.KeyImportError):

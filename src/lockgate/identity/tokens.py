@@ -8,9 +8,7 @@ which is what makes listing and revocation possible.
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,6 +24,7 @@ from sqlalchemy.engine import Engine
 from lockgate.config.model import Manifest, parse_duration
 from lockgate.errors import LockgateError
 from lockgate.identity.tables import issued_tokens
+from lockgate.keyfiles import check_owner_only, create_private_file, pem_private_key
 from lockgate.model import PrincipalKind
 
 SIGNING_KEY_FILE = "token-signing-key.pem"
@@ -117,19 +116,8 @@ def lookup_token(engine: Engine, jti: str) -> TokenRecord | None:
     return record_from_row(row) if row is not None else None
 
 
-def _check_key_mode(path: Path) -> None:
-    if os.name != "posix":
-        return
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        raise SigningKeyError(
-            f"token signing key {path} is accessible by other users (mode {mode:04o})",
-            hint=f"restrict it with `chmod 600 {path}`, then retry",
-        )
-
-
 def _load_private_key(path: Path) -> Ed25519PrivateKey:
-    _check_key_mode(path)
+    check_owner_only(path, "token signing key", SigningKeyError)
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:
@@ -145,30 +133,11 @@ def _load_private_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
-def _create_private_key(path: Path) -> Ed25519PrivateKey:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    # O_EXCL: if another process created the key first, use theirs rather than overwrite it.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-        f.flush()
-        os.fsync(f.fileno())
-    return key
-
-
 def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:
     """Load the Ed25519 signing key at `path`, creating it (mode 0600) if it does not exist."""
-    if not path.exists():
-        try:
-            return _create_private_key(path)
-        except FileExistsError:
-            pass
+    created = Ed25519PrivateKey.generate()
+    if create_private_file(path, lambda: pem_private_key(created)):
+        return created
     return _load_private_key(path)
 
 

@@ -55,6 +55,7 @@ from lockgate.identity.ssh_ca import (
     rejection_reason,
 )
 from lockgate.identity.verifier import shown
+from lockgate.keyfiles import create_private_file
 from lockgate.model import ClientInfo, Principal, ResultSummary, SessionEnd
 from lockgate.policy.ssh import SshRequest
 from lockgate.proxy.ssh_channel import ChannelRelay, SshContext
@@ -93,14 +94,10 @@ def host_key_path(listener: SshListener, manifest: Manifest) -> Path:
 def ensure_host_key(listener: SshListener, manifest: Manifest) -> asyncssh.SSHKey:
     """Load the listener's host key, generating (and keeping) an Ed25519 key when absent."""
     path = host_key_path(listener, manifest)
-    if not path.exists() and listener.host_key is None:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if listener.host_key is None:
         key = asyncssh.generate_private_key("ssh-ed25519", comment="lockgate")
-        tmp = path.with_suffix(".tmp")
-        key.write_private_key(str(tmp))
-        tmp.chmod(0o600)
-        tmp.replace(path)
-        key.write_public_key(str(path) + ".pub")
+        if create_private_file(path, lambda: key.export_private_key("openssh")):
+            key.write_public_key(str(path) + ".pub")
     try:
         return asyncssh.read_private_key(str(path))
     except (OSError, asyncssh.KeyImportError) as exc:
