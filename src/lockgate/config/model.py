@@ -8,8 +8,6 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Discriminator,
     Field,
     Tag,
@@ -17,26 +15,18 @@ from pydantic import (
     model_validator,
 )
 
+from lockgate.config.common import (
+    NAME,
+    ListenerBase,
+    Strict,
+    credential_reference,
+)
+from lockgate.config.common import parse_duration as parse_duration  # re-exported
 from lockgate.config.sinks import Address, SinkList
 from lockgate.config.ssh import SshListener, SshResource, SshSettings
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_DURATION = re.compile(r"^(\d+)([smhd])$")
 
-
-def parse_duration(text: str) -> int:
-    """Turn `30s`, `15m`, `1h`, `7d` into seconds."""
-    m = _DURATION.match(text.strip())
-    if not m:
-        raise ValueError(f"expected a duration such as 30s, 15m, 1h or 7d, got {text!r}")
-    return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TLSListener(_Strict):
+class TLSListener(Strict):
     """Server-side TLS for a listener. No cert/key given: a self-signed pair is generated."""
 
     enabled: bool = True
@@ -44,45 +34,14 @@ class TLSListener(_Strict):
     key: Path | None = None
 
 
-class Listener(_Strict):
+class Listener(ListenerBase):
     name: str = "postgres"
     protocol: Literal["postgres"] = "postgres"
     address: str = "127.0.0.1:6432"
     tls: TLSListener = TLSListener()
-    # Worker processes sharing the listening socket; 0 means one per CPU core.
-    workers: int = Field(default=1, ge=0, le=256)
-    # How long a client may take from connecting to sending its password (e.g. 30s).
-    startup_timeout: str = "30s"
-
-    @field_validator("address")
-    @classmethod
-    def _address(cls, v: str) -> str:
-        host, sep, port = v.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError(f"expected HOST:PORT such as 127.0.0.1:6432, got {v!r}")
-        return v
-
-    @field_validator("startup_timeout")
-    @classmethod
-    def _startup_timeout(cls, v: str) -> str:
-        if parse_duration(v) < 1:
-            raise ValueError("must be at least 1s")
-        return v
-
-    @property
-    def startup_timeout_seconds(self) -> float:
-        return float(parse_duration(self.startup_timeout))
-
-    @property
-    def host(self) -> str:
-        return self.address.rpartition(":")[0].strip("[]")
-
-    @property
-    def port(self) -> int:
-        return int(self.address.rpartition(":")[2])
 
 
-class UpstreamTLS(_Strict):
+class UpstreamTLS(Strict):
     """How the gateway talks TLS to the target, with libpq's sslmode names."""
 
     mode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
@@ -90,7 +49,7 @@ class UpstreamTLS(_Strict):
     server_name: str | None = None
 
 
-class PostgresUpstream(_Strict):
+class PostgresUpstream(Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=5432, ge=1, le=65535)
     database: str
@@ -103,15 +62,10 @@ class PostgresUpstream(_Strict):
     @field_validator("password")
     @classmethod
     def _reference(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith(("env:", "file:", "store:")):
-            raise ValueError(
-                "must be a credential reference (env:NAME, file:PATH or store:NAME), "
-                "never the password itself; store one with `lockgate secret set NAME`"
-            )
-        return v
+        return credential_reference(v, "the password")
 
 
-class Resource(_Strict):
+class Resource(Strict):
     name: str
     type: Literal["postgres"] = "postgres"
     description: str = ""
@@ -120,7 +74,7 @@ class Resource(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not _NAME.match(v):
+        if not NAME.match(v):
             raise ValueError("letters, digits, '_', '.', '-' only, at most 63 characters")
         return v
 
@@ -144,7 +98,7 @@ AnyResource = Annotated[
 ]
 
 
-class AccessRule(_Strict):
+class AccessRule(Strict):
     """Who (subjects and/or groups) may reach which resources. `*` matches every resource."""
 
     name: str
@@ -159,7 +113,7 @@ class AccessRule(_Strict):
     requires_grant: bool = False
 
 
-class GatewayTokens(_Strict):
+class GatewayTokens(Strict):
     issuer: str = "lockgate"
     audience: str = "lockgate"
     default_ttl: str = "1h"
@@ -189,7 +143,7 @@ OIDC_ALGORITHMS = (
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
-class ClaimRule(_Strict):
+class ClaimRule(Strict):
     """Groups given to a token whose claims all match: `{claim: pattern or [patterns]}`.
 
     Patterns are shell-style (`acme/*`, `refs/heads/release-*`), matched case-sensitively
@@ -201,7 +155,7 @@ class ClaimRule(_Strict):
     groups: list[str] = Field(min_length=1)
 
 
-class OIDCIssuer(_Strict):
+class OIDCIssuer(Strict):
     """One trusted OpenID Connect issuer (a company IdP, GitHub Actions, GitLab CI...)."""
 
     issuer: str
@@ -288,7 +242,7 @@ class OIDCIssuer(_Strict):
         return v
 
 
-class SessionLimits(_Strict):
+class SessionLimits(Strict):
     """What happens to a live session when its token expires or is revoked."""
 
     # `end`: the session ends when its token expires; `allow`: it may outlive the token
@@ -305,7 +259,7 @@ class SessionLimits(_Strict):
         return v
 
 
-class Identity(_Strict):
+class Identity(Strict):
     gateway_tokens: GatewayTokens = GatewayTokens()
     oidc: list[OIDCIssuer] = []
     sessions: SessionLimits = SessionLimits()
@@ -329,14 +283,14 @@ class Identity(_Strict):
         return self
 
 
-class State(_Strict):
+class State(Strict):
     # SQLAlchemy URL of the state store; a relative sqlite path is relative to the manifest.
     url: str = "sqlite:///lockgate-state/lockgate.db"
     # Where keys live (token signing key, secret-store key, TLS material).
     dir: Path = Path("lockgate-state")
 
 
-class Audit(_Strict):
+class Audit(Strict):
     # Record extended-protocol parameter values (they may hold personal data).
     record_parameters: bool = True
     # fdatasync the audit journal before forwarding each group of commands: survives a power
@@ -373,7 +327,7 @@ class Audit(_Strict):
         return None if text is None else parse_duration(text)
 
 
-class CustomDetector(_Strict):
+class CustomDetector(Strict):
     """A named content detector: a regular expression (Python syntax)."""
 
     name: str
@@ -394,7 +348,7 @@ class CustomDetector(_Strict):
 MaskStrategyName = Literal["redact", "partial", "hash", "null"]
 
 
-class ColumnMask(_Strict):
+class ColumnMask(Strict):
     """Mask one table column (`schema.table.column`, `*` and `?` wildcards) wherever it goes."""
 
     column: str
@@ -413,7 +367,7 @@ class ColumnMask(_Strict):
         return v
 
 
-class MaskingRule(_Strict):
+class MaskingRule(Strict):
     """Who sees which columns and content masked on which resources."""
 
     name: str
@@ -432,7 +386,7 @@ class MaskingRule(_Strict):
     detect_strategy: MaskStrategyName = "redact"
 
 
-class Masking(_Strict):
+class Masking(Strict):
     # Key of the `hash` strategy (a credential reference); default: a key in the state folder.
     hash_key: str | None = None
     detectors: list[CustomDetector] = []
@@ -463,7 +417,7 @@ class Masking(_Strict):
 GuardrailAction = Literal["deny", "review", "allow"]
 
 
-class GuardrailMatch(_Strict):
+class GuardrailMatch(Strict):
     """Statement facts a guardrail rule matches: every key given must hold (any listed value)."""
 
     kinds: list[str] = []
@@ -491,7 +445,7 @@ class GuardrailMatch(_Strict):
         return self
 
 
-class GuardrailRule(_Strict):
+class GuardrailRule(Strict):
     """A statement rule, or (`use`) a shipped rule set applied with this entry's scope."""
 
     name: str = ""
@@ -523,14 +477,14 @@ class GuardrailRule(_Strict):
         return self
 
 
-class Guardrails(_Strict):
+class Guardrails(Strict):
     # What to do with text the SQL parser cannot read (and fastpath function calls), for
     # sessions that at least one guardrail rule applies to.
     unparsed: GuardrailAction = "deny"
     rules: list[GuardrailRule] = []
 
 
-class ApprovalRule(_Strict):
+class ApprovalRule(Strict):
     """Who reviews which held statements (by guardrail rule) and access requests, and how."""
 
     name: str
@@ -566,7 +520,7 @@ class ApprovalRule(_Strict):
         return self
 
 
-class ApprovalWebhook(_Strict):
+class ApprovalWebhook(Strict):
     """A URL that gets a JSON event on every new request and decision."""
 
     url: str
@@ -586,7 +540,7 @@ class ApprovalWebhook(_Strict):
         raise ValueError("must be an https:// URL (http:// only for a loopback address)")
 
 
-class Approvals(_Strict):
+class Approvals(Strict):
     """Just-in-time approval: held statements and time-boxed access grants."""
 
     rules: list[ApprovalRule] = []
@@ -595,7 +549,7 @@ class Approvals(_Strict):
     poll_interval: float = Field(default=0.5, gt=0, le=30)
 
 
-class Manifest(_Strict):
+class Manifest(Strict):
     version: Literal[1] = 1
     state: State = State()
     listeners: list[AnyListener] = [Listener()]
@@ -640,7 +594,7 @@ class Manifest(_Strict):
         url = self.state.url
         prefix = "sqlite:///"
         if url.startswith(prefix) and not url.startswith(prefix + "/"):
-            rel = url[len(prefix):]
+            rel = url[len(prefix) :]
             if rel and rel != ":memory:":
                 return prefix + str((self.base_dir / rel).resolve())
         return url

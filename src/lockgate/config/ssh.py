@@ -10,38 +10,22 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_DURATION = re.compile(r"^(\d+)([smhd])$")
+from lockgate.config.common import (
+    NAME,
+    ListenerBase,
+    Strict,
+    credential_reference,
+)
+
 _FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}=?$")
 _PUBLIC_KEY = re.compile(
     r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/]+=*( .*)?$"
 )
-_REFERENCE_PREFIXES = ("env:", "file:", "store:")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _seconds(text: str) -> int:
-    m = _DURATION.match(text.strip())
-    if not m:
-        raise ValueError(f"expected a duration such as 30s, 15m, 1h or 7d, got {text!r}")
-    return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
-
-
-def _reference(v: str | None) -> str | None:
-    if v is not None and not v.startswith(_REFERENCE_PREFIXES):
-        raise ValueError(
-            "must be a credential reference (env:NAME, file:PATH or store:NAME), "
-            "never the secret itself; store one with `lockgate secret set NAME`"
-        )
-    return v
-
-
-class SshListener(_Strict):
+class SshListener(ListenerBase):
     """An SSH listener: `ssh -p PORT NAME#RESOURCE@HOST` with a token as the password."""
 
     name: str = "ssh"
@@ -50,39 +34,9 @@ class SshListener(_Strict):
     # The gateway's host key (OpenSSH private key file). None: an Ed25519 key is generated
     # once and kept in the state folder, so clients see a stable key.
     host_key: Path | None = None
-    workers: int = Field(default=1, ge=0, le=256)
-    # How long a client may take from connecting to finishing authentication.
-    startup_timeout: str = "30s"
-
-    @field_validator("address")
-    @classmethod
-    def _address(cls, v: str) -> str:
-        host, sep, port = v.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError(f"expected HOST:PORT such as 127.0.0.1:2222, got {v!r}")
-        return v
-
-    @field_validator("startup_timeout")
-    @classmethod
-    def _startup_timeout(cls, v: str) -> str:
-        if _seconds(v) < 1:
-            raise ValueError("must be at least 1s")
-        return v
-
-    @property
-    def startup_timeout_seconds(self) -> float:
-        return float(_seconds(self.startup_timeout))
-
-    @property
-    def host(self) -> str:
-        return self.address.rpartition(":")[0].strip("[]")
-
-    @property
-    def port(self) -> int:
-        return int(self.address.rpartition(":")[2])
 
 
-class SshUpstream(_Strict):
+class SshUpstream(Strict):
     """How the gateway logs in to the target: its own credential, the target's pinned key."""
 
     host: str = "127.0.0.1"
@@ -101,7 +55,7 @@ class SshUpstream(_Strict):
     @field_validator("private_key", "passphrase", "password")
     @classmethod
     def _refs(cls, v: str | None) -> str | None:
-        return _reference(v)
+        return credential_reference(v)
 
     @field_validator("host_key")
     @classmethod
@@ -121,7 +75,7 @@ class SshUpstream(_Strict):
         return self
 
 
-class SshResource(_Strict):
+class SshResource(Strict):
     """A host reached over SSH through the gateway."""
 
     name: str
@@ -132,7 +86,7 @@ class SshResource(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not _NAME.match(v):
+        if not NAME.match(v):
             raise ValueError("letters, digits, '_', '.', '-' only, at most 63 characters")
         return v
 
@@ -141,7 +95,7 @@ Direction = Literal["download", "upload", "modify"]
 Forwarding = Literal["local", "remote", "agent", "x11"]
 
 
-class SshRule(_Strict):
+class SshRule(Strict):
     """One SSH guardrail; the first rule matching a request decides (`deny` or `allow`).
 
     A rule matches a principal like an access rule does (no subjects and no groups: everyone)
@@ -181,7 +135,7 @@ class SshRule(_Strict):
         return self
 
 
-class SshSettings(_Strict):
+class SshSettings(Strict):
     """Recording and guardrails for every SSH session."""
 
     # Record what users type in interactive shells (it may include passwords typed at
