@@ -363,8 +363,10 @@ class PostgresEngine:
                     hint=_END_HINTS.get(end, "reconnect with a valid token"),
                 )
             )
-        elif reason is None:
+        elif reason is None or (relay.terminated and reason.startswith("upstream")):
+            # After the client's Terminate, the server may well hang up before the client does.
             end = SessionEnd.CLIENT_TERMINATED if relay.terminated else SessionEnd.CLIENT_DISCONNECTED
+            reason = None
         elif reason == "gateway shutting down":
             end = SessionEnd.GATEWAY_SHUTDOWN
         elif reason.startswith("upstream"):
