@@ -45,7 +45,7 @@ from lockgate.model import (
     SessionEnd,
 )
 from lockgate.policy.access import AccessPolicy
-from lockgate.policy.guardrails import Guardrails, Verdict
+from lockgate.policy.guardrails import Guardrails, RowWatch, Verdict
 from lockgate.policy.ssh import SshPolicy, SshRequest
 from lockgate.secrets.refs import resolve_secret
 from lockgate.secrets.store import SecretStore
@@ -64,6 +64,11 @@ class Admission:
 
     command: Command
     analysis: Analysis
+    # Let through on the planner's estimate by a `rows_over` rule: the handler counts the
+    # rows and acts when they pass the threshold; `reviewers` governs the review (None: the
+    # rule's action is applied as is, a refusal).
+    watch: RowWatch | None = None
+    reviewers: ApprovalRule | None = None
 
 
 class NeedsEstimate(Exception):
@@ -302,8 +307,12 @@ class Gate:
             raise NeedsEstimate(
                 Command(session_id=session.id, seq=seq, text=text), explainable and not opaque
             )
+        watch = verdict.watch if verdict.decision.allowed else None
         if estimate is not None and verdict.decision.allowed and not verdict.decision.reason:
-            verdict = Verdict(Decision(DecisionKind.ALLOW, "", f"estimated rows: {estimate}"))
+            note = f"estimated rows: {estimate}"
+            if watch is not None:
+                note += f"; actual rows watched by '{watch.rule}' (over {watch.threshold})"
+            verdict = Verdict(Decision(DecisionKind.ALLOW, "", note), watch=watch)
         command = Command(
             session_id=session.id,
             seq=seq,
@@ -321,7 +330,12 @@ class Gate:
                 return self._reviewed(command, verdict, approval, analysis)
         if verdict.refused:
             self._refuse_command(command, verdict)
-        return Admission(command, analysis)
+        if watch is None:
+            return Admission(command, analysis)
+        reviewers = None
+        if watch.action is DecisionKind.REVIEW:
+            reviewers = self.approval_rules.for_statement(session.resource, watch.rule)
+        return Admission(command, analysis, watch, reviewers)
 
     def _reviewed(
         self, command: Command, verdict: Verdict, outcome: ApprovalOutcome, analysis: Analysis
@@ -355,6 +369,28 @@ class Gate:
                 held.verdict.decision.reason,
                 statement=cmd.text,
                 guardrail=held.verdict.decision.rule,
+                session_id=session.id,
+            )
+        )
+
+    async def hold_rows(self, session: Session, admission: Admission) -> ApprovalRequest:
+        """Store (and announce) the request to let a watched read return more rows."""
+        watch, rule = admission.watch, admission.reviewers
+        assert watch is not None and rule is not None
+        reason = (
+            f"{watch.message}; it returned more rows than the planner estimated and needs a "
+            f"reviewer's approval to go on [matched: {watch.matched}; actual rows passed "
+            f"{watch.threshold}, estimated rows={watch.estimate}]"
+        )
+        return await self.broker.open(
+            lambda: self.approvals.create(
+                STATEMENT,
+                session.principal,
+                session.resource,
+                rule,
+                reason,
+                statement=admission.command.text,
+                guardrail=watch.rule,
                 session_id=session.id,
             )
         )

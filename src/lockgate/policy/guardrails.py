@@ -15,6 +15,10 @@ search for that statement (how exceptions are carved before a broader deny). A m
 Text the parser cannot read, and fastpath function calls, get the `unparsed` action
 whenever any rule covers the session; with no rule at all, statements are not judged.
 
+A `rows_over` rule whose facts match but whose threshold the planner's estimate stays
+under does not decide; it is returned as the verdict's `watch`, so the protocol handler
+counts the rows actually returned and acts on the rule when they pass the threshold.
+
 Read-only access (`access: - read_only: true`) adds a rule ahead of all others that no
 `allow` can carve out: every way of turning the session's read-only mode off is refused.
 """
@@ -38,6 +42,18 @@ _ACTIONS = {"deny": DecisionKind.DENY, "review": DecisionKind.REVIEW, "allow": D
 
 
 @dataclass(frozen=True, slots=True)
+class RowWatch:
+    """A `rows_over` rule let a statement through on its estimate: watch the actual rows."""
+
+    rule: str
+    action: DecisionKind
+    threshold: int
+    estimate: int
+    message: str
+    matched: str
+
+
+@dataclass(frozen=True, slots=True)
 class Verdict:
     """The guardrails' answer for one command string."""
 
@@ -49,6 +65,8 @@ class Verdict:
     monitored: tuple[str, ...] = ()
     # A `rows_over` rule matched the facts: judge again with the planner's row estimate.
     needs_estimate: bool = False
+    # Allowed on the estimate by a `rows_over` rule: the actual rows must stay under it.
+    watch: RowWatch | None = None
 
     @property
     def refused(self) -> bool:
@@ -231,6 +249,7 @@ class Guardrails:
             message = f"{what} are not allowed here"
             return _refusal(self._unparsed, UNPARSED_RULE, message, "unparsed")
         monitored: list[str] = []
+        watch: RowWatch | None = None
         for facts in analysis.statements:
             if read_only and READ_ONLY_ESCAPE in facts.flags:
                 return _refusal(
@@ -250,6 +269,11 @@ class Guardrails:
                     if estimate is None:
                         return Verdict(ALLOWED.decision, needs_estimate=True)
                     if 0 <= estimate <= over:
+                        if not rule.monitor and rule.action is not DecisionKind.ALLOW:
+                            if watch is None or over < watch.threshold:
+                                watch = RowWatch(
+                                    rule.name, rule.action, over, estimate, rule.message, matched
+                                )
                         continue
                     matched += (
                         f"; estimated rows={estimate} > {over}"
@@ -265,8 +289,10 @@ class Guardrails:
         if monitored:
             reason = "monitor: " + "; ".join(monitored)
             first = monitored[0].partition(":")[0]
-            return Verdict(Decision(DecisionKind.ALLOW, first, reason), monitored=tuple(monitored))
-        return ALLOWED
+            return Verdict(
+                Decision(DecisionKind.ALLOW, first, reason), monitored=tuple(monitored), watch=watch
+            )
+        return ALLOWED if watch is None else Verdict(ALLOWED.decision, watch=watch)
 
 
 def _refusal(

@@ -36,6 +36,12 @@ any guardrail refusal and the session goes on. Client reading stays on while wai
 (bytes queue in `_held`, bounded), so a client that disconnects is noticed and its
 request withdrawn. A `rows_over` guardrail holds a command the same way, first, while the
 planner's row estimate is fetched (`pg_estimate`); then it is judged again with it.
+
+Row gate. A read let through on that estimate carries a `pg_rowgate.RowGate` on its op.
+Only then are its DataRows counted: at message boundaries the loop already visits (the
+start of a chunk, after a non-DataRow message) a watched head op takes the run of rows
+that follows (`_watched_rows`); past its limit the relay pauses upstream reading and the
+rest waits for a reviewer, then flows on or is dropped after an upstream cancel.
 """
 
 from __future__ import annotations
@@ -43,8 +49,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,7 +61,7 @@ from lockgate.gate import Admission, Gate, HeldForReview, NeedsEstimate
 from lockgate.model import ResultSummary, Session
 from lockgate.protocols.postgres import messages as m
 from lockgate.protocols.postgres import sqlstate
-from lockgate.proxy import pg_masking
+from lockgate.proxy import pg_masking, pg_rowgate
 from lockgate.proxy.endpoint import Endpoint
 from lockgate.tasks import spawn
 
@@ -102,6 +109,8 @@ class _Op:
     done: bool = False
     # Masked sessions: what masking needs to know about this request's answer.
     mask: pg_masking.Track | None = None
+    # Reads let through on their row estimate: the count of their rows (`pg_rowgate`).
+    gate: pg_rowgate.RowGate | None = None
 
 
 @dataclass(slots=True)
@@ -158,6 +167,11 @@ class PgRelay:
         self._request_id: str | None = None
         self._review_paused = False
         self._abandoned = False
+        # Commands in flight whose rows are counted (`pg_rowgate`), the one paused for a
+        # reviewer, and how to cancel the upstream's running query (set by the engine).
+        self._watching = 0
+        self._paused: _Op | None = None
+        self.cancel_upstream: Callable[[], Awaitable[None]] | None = None
 
     def start(self) -> None:
         self.client.peer = self.upstream
@@ -314,10 +328,14 @@ class PgRelay:
 
     def cancel_review(self) -> None:
         """The client cancelled: a statement waiting for a reviewer is withdrawn (and refused)."""
-        rid = self._request_id
-        if rid is not None:
-            why = "the client cancelled the statement"
-            spawn(self.gate.broker.withdraw(rid, why), name="pg-withdraw")
+        why = "the client cancelled the statement"
+        for rid in (self._request_id, self._paused_request()):
+            if rid is not None:
+                spawn(self.gate.broker.withdraw(rid, why), name="pg-withdraw")
+
+    def _paused_request(self) -> str | None:
+        gate = self._paused.gate if self._paused is not None else None
+        return gate.request_id if gate is not None else None
 
     def abandon(self) -> str | None:
         """The session is over: the id of a request still waiting, for the caller to withdraw.
@@ -326,6 +344,11 @@ class PgRelay:
         """
         self._abandoned = True
         rid, self._request_id = self._request_id, None
+        paused = self._paused_request()
+        if rid is None:
+            return paused
+        if paused is not None:  # both at once (a pipelining client): rare, not awaited
+            spawn(self.gate.broker.withdraw(paused, "the client disconnected"), name="pg-withdraw")
         return rid
 
     def _plan(self, buf: bytes | bytearray, spans: list[tuple[int, int]]) -> _Plan:
@@ -374,6 +397,8 @@ class PgRelay:
                     return plan
                 if isinstance(adm, Admission):
                     plan.admissions.append(adm)
+                    if adm.watch is not None:
+                        op.gate = pg_rowgate.RowGate(adm)
                     out.append((mv[off:end], op))
                 elif t == _E:
                     out.append((_FAIL_PARSE, _Op(_P, local=adm)))
@@ -507,6 +532,8 @@ class PgRelay:
             if op.kind == _L and not pending:
                 self.client.write(op.local + m.ready_for_query(self._tx_status))
                 continue
+            if op.gate is not None:
+                self._watching += 1
             pending.append(op)
         if chunks:
             self.upstream.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
@@ -531,6 +558,12 @@ class PgRelay:
         if not spans:
             return
         pending = self._pending
+        watching = self._watching
+        if watching and buf[0] == _D and pending:
+            gate = pending[0].gate
+            if gate is not None and gate.watching:
+                self._watched_rows(buf, spans, 0, 0)
+                return
         write = self.client.write
         flushed = 0
         masker = self._masker
@@ -590,6 +623,12 @@ class PgRelay:
                     while pending and pending[0].kind == _L:
                         write(pending.popleft().local + m.ready_for_query(status))
             elif t == _C:
+                if head.local:
+                    # A read stopped mid-way (`pg_rowgate`) completed anyway: still refused.
+                    if off > flushed:
+                        write(buf[flushed:off])
+                    write(head.local)
+                    flushed = end
                 tag = m.read_cstring(bytes(buf[off + 5 : end]), 0)[0]
                 rows = m.command_tag_rows(tag)
                 if head.kind == _E:
@@ -606,6 +645,11 @@ class PgRelay:
                 if head.kind == _D:
                     pending.popleft()
             elif t == _SUSPENDED or t == _I:
+                if head.local:
+                    if off > flushed:
+                        write(buf[flushed:off])
+                    write(head.local)
+                    flushed = end
                 if head.kind == _E:
                     head.status = "suspended" if t == _SUSPENDED else "empty"
                     self._finish(pending.popleft())
@@ -637,10 +681,62 @@ class PgRelay:
                             else:
                                 op.status = "skipped after an earlier error"
                         self._finish(op)
+            if watching and end < consumed and buf[end] == _D and pending:
+                gate = pending[0].gate
+                if gate is not None and gate.watching:
+                    self._watched_rows(buf, spans, bisect_left(spans, (end,)), flushed)
+                    return
         if data_rows >= 0:
             flushed = self._mask_rows(buf, data_rows, consumed, flushed)
         if consumed > flushed:
             write(buf[flushed:consumed] if flushed or consumed < len(buf) else buf)
+
+    # ================================================================ row gate
+    def _watched_rows(
+        self, buf: bytes | bytearray, spans: list[tuple[int, int]], i: int, flushed: int
+    ) -> None:
+        """The DataRows at `spans[i]` answer a watched read: relay them up to its limit.
+
+        Then the rest of the chunk goes on through `_from_upstream`, or waits (upstream
+        reading paused) while the rows past the limit are reviewed.
+        """
+        op = self._pending[0]
+        gate = op.gate
+        assert gate is not None
+        start = spans[i][0]
+        j = gate.take(buf, spans, i)
+        stop = spans[j][0] if j < len(spans) else spans[-1][1]
+        if start > flushed:
+            self.client.write(buf[flushed:start])
+        if gate.state != pg_rowgate.DISCARDING and stop > start:
+            if self._masker is None or self._mask_rows(buf, start, stop, start) == start:
+                self.client.write(buf[start:stop])
+        op.bytes_out += stop - start
+        rest = bytes(buf[stop:])
+        self._ubuf = bytearray()
+        if gate.state == pg_rowgate.PAUSED:
+            self._ubuf = bytearray(rest)
+            self._mask_wait = True
+            self.upstream.pause_reading()
+            spawn(self._await_rows(op, gate), name="pg-rowgate")
+        elif rest:
+            self._from_upstream(rest)
+
+    async def _await_rows(self, op: _Op, gate: pg_rowgate.RowGate) -> None:
+        """A watched read passed its limit: ask, then let it go on or stop it upstream."""
+        self._paused = op
+        try:
+            await gate.review(self.gate, self.session, self.client.write, lambda: self._abandoned)
+        finally:
+            self._paused = None
+        if self._abandoned or self.client.closed or self.upstream.closed:
+            return
+        if gate.state == pg_rowgate.DISCARDING:
+            op.local = gate.error
+            if self.cancel_upstream is not None and not pg_rowgate.finished_upstream(self._ubuf):
+                log.info("session %s: cancelling a read stopped mid-way", self.session.id)
+                await self.cancel_upstream()
+        self._mask_release()
 
     def _mask_rows(self, buf: bytes | bytearray, start: int, stop: int, flushed: int) -> int:
         """Write DataRows `buf[start:stop]` masked (if the plan changes them); new `flushed`."""
@@ -685,6 +781,9 @@ class PgRelay:
             bytes_out=op.bytes_out,
             duration_ms=(time.perf_counter() - op.started) * 1000.0,
         )
+        if op.gate is not None:
+            self._watching -= 1
+            summary = op.gate.summary(summary)
         self.gate.command_finished(self.session, op.seq, summary)
 
     # ================================================================ failure

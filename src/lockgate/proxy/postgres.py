@@ -308,9 +308,8 @@ class PostgresEngine:
         assert isinstance(conn, UpstreamConnection)
         resource = self.gate.manifest.resource(resource_name)
         assert resource is not None
-        pid, key = self.cancels.register(
-            upstream_target(resource, self.gate.manifest), conn.backend_pid, conn.backend_secret
-        )
+        target = upstream_target(resource, self.gate.manifest)
+        pid, key = self.cancels.register(target, conn.backend_pid, conn.backend_secret)
         hello = [m.AUTH_OK, *conn.parameter_statuses, m.backend_key_data(pid, key), *conn.notices]
         hello.append(m.ready_for_query(b"I"))
         client.write(b"".join(hello))
@@ -327,6 +326,15 @@ class PostgresEngine:
             finished(verdict.message)
 
         relay = PgRelay(self.gate, session, client, up, finished)
+
+        async def cancel_upstream() -> None:
+            # A read the row gate stopped mid-way (`pg_rowgate`): cancel it like a client would.
+            try:
+                await _send_cancel(target, conn.backend_pid, conn.backend_secret)
+            except (OSError, TimeoutError, ssl.SSLError) as exc:
+                log.warning("cancel request to upstream failed: %s", exc)
+
+        relay.cancel_upstream = cancel_upstream
         self.cancels.listen(pid, key, relay.cancel_review)
         self._enders[session.id] = (session, end_now)
         client.on_lost = lambda exc: finished(None)

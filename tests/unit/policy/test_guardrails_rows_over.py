@@ -55,3 +55,15 @@ def test_no_estimate_fails_closed() -> None:
     v = _judge("SELECT * FROM big", estimate=-1)
     assert v.decision.kind is DecisionKind.REVIEW
     assert "no row estimate" in v.decision.reason
+
+
+def test_under_the_threshold_is_watched_for_the_actual_rows() -> None:
+    v = _judge("SELECT * FROM big", estimate=40)
+    assert not v.refused and v.watch is not None
+    assert (v.watch.rule, v.watch.threshold, v.watch.estimate) == ("bulk", 1000, 40)
+    assert v.watch.action is DecisionKind.REVIEW
+
+
+def test_other_reads_are_not_watched() -> None:
+    assert _judge("SELECT * FROM small").watch is None
+    assert _judge("SELECT * FROM big", estimate=1001).watch is None
