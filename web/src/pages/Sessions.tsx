@@ -121,7 +121,6 @@ export function SessionsPage({ me }: { me: Me }) {
             <option value="">Any</option>
             <option value="denied">Had a denial</option>
             <option value="held">Had a held statement</option>
-            <option value="masked">Had masked cells</option>
           </select>
         </div>
         <div class="field">
