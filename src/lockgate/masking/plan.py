@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final
 
+from lockgate.masking import rowkernel as rk
 from lockgate.masking.policy import MaskPolicy
 from lockgate.masking.strategies import Strategy
 
@@ -95,6 +96,10 @@ class MaskPlan:
     counts: dict[str, int] = field(default_factory=dict)
     last: int = -1
     text_like: frozenset[int] = TEXT_LIKE
+    # None: `rowkernel.KERNEL` (the compiled kernel when it is built).
+    kernel: rk.Kernel | None = None
+    _ops: tuple[rk.CellOp, ...] | None = None
+    _rules: dict[int, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.last = max((i for i, a in enumerate(self.actions) if a is not None), default=-1)
@@ -107,64 +112,42 @@ class MaskPlan:
         for i, a in enumerate(self.actions):
             fmt = formats[0] if len(formats) == 1 else (formats[i] if i < len(formats) else 0)
             acts.append(None if a is None else replace(a, fmt=fmt))
-        return MaskPlan(acts, self.policy, text_like=self.text_like)
+        return MaskPlan(acts, self.policy, text_like=self.text_like, kernel=self.kernel)
 
     def rewrite_rows(self, buf: bytes | bytearray | memoryview, start: int, stop: int) -> bytes:
         """DataRow messages in `buf[start:stop]`, planned cells masked."""
-        data = buf if isinstance(buf, (bytes, bytearray)) else bytes(buf)
-        unpack = _I32.unpack_from
-        planned = [(i, a) for i, a in enumerate(self.actions) if a is not None]
-        caches: list[dict[bytes, tuple[bytes | None, int]]] = [{} for _ in planned]
-        masked = [0] * len(planned)
-        cell_of = self._cell
-        out = bytearray()
-        pos = start
-        while pos < stop:
-            (length,) = unpack(data, pos + 1)
-            end = pos + 1 + length
-            p = pos + 7
-            field = 0
-            copied = p
-            row: bytearray | None = None
-            for k, (idx, action) in enumerate(planned):
-                while field < idx:
-                    (n,) = unpack(data, p)
-                    p += 4 + (n if n > 0 else 0)
-                    field += 1
-                (n,) = unpack(data, p)
-                field += 1
-                if n < 0:
-                    p += 4
-                    continue
-                raw = bytes(data[p + 4 : p + 4 + n])
-                cache = caches[k]
-                got = cache.get(raw)
-                if got is None:
-                    got = cell_of(action, raw)
-                    if len(cache) < _CACHE_LIMIT:
-                        cache[raw] = got
-                new, found = got
-                masked[k] += found
-                if new is not None:
-                    if row is None:
-                        row = bytearray(data[pos + 5 : pos + 7])
-                    row += data[copied:p]
-                    row += new
-                    copied = p + 4 + n
-                p += 4 + n
-            if row is None:
-                out += data[pos:end]
-            else:
-                row += data[copied:end]
-                out += b"D"
-                out += _I32.pack(len(row) + 4)
-                out += row
-            pos = end
+        if self._ops is None:
+            self._ops = self._cell_ops()
+        rows, masked = (self.kernel or rk.KERNEL)(buf, start, stop, self._ops)
         counts = self.counts
-        for k, (_, action) in enumerate(planned):
-            if masked[k]:
-                counts[action.rule] = counts.get(action.rule, 0) + masked[k]
-        return bytes(out)
+        for op, n in zip(self._ops, masked, strict=True):
+            if n:
+                rule = self._rules[op[0]]
+                counts[rule] = counts.get(rule, 0) + n
+        return rows
+
+    def _cell_ops(self) -> tuple[rk.CellOp, ...]:
+        """The kernel's op per planned column (strategy chosen once, not per cell)."""
+        ops: list[rk.CellOp] = []
+        for i, a in enumerate(self.actions):
+            if a is None:
+                continue
+            self._rules[i] = a.rule
+            call = _cached(self._cell, a)
+            s = a.strategy
+            op, cell = rk.CALL, b""
+            if a.kind != DETECT:
+                textual = (a.fmt == 0 or a.type_oid in TEXT_LIKE) and not (
+                    a.fmt == 1 and a.type_oid == JSONB_OID
+                )
+                if s.name == "redact":
+                    op, cell = rk.REDACT, _encode(s.text)
+                elif s.name == "null":
+                    op = rk.NULL
+                elif textual:
+                    op = rk.PARTIAL if s.name == "partial" else rk.HASH
+            ops.append((i, op, cell, s.keep_last, s.key, min(max(s.hash_chars, 0), 64), call))
+        return tuple(ops)
 
     def _cell(self, a: CellAction, raw: bytes) -> tuple[bytes | None, int]:
         """(the new cell as length + bytes, or None to keep it; masked cells counted)."""
@@ -187,6 +170,23 @@ class MaskPlan:
 
 _CACHE_LIMIT: Final = 4096
 _NULL_CELL: Final = b"\xff\xff\xff\xff"
+
+
+def _cached(
+    cell: Callable[[CellAction, bytes], tuple[bytes | None, int]], action: CellAction
+) -> rk.CellCall:
+    """`cell(action, raw)` remembering up to `_CACHE_LIMIT` values (it is deterministic)."""
+    cache: dict[bytes, tuple[bytes | None, int]] = {}
+
+    def call(raw: bytes) -> tuple[bytes | None, int]:
+        got = cache.get(raw)
+        if got is None:
+            got = cell(action, raw)
+            if len(cache) < _CACHE_LIMIT:
+                cache[raw] = got
+        return got
+
+    return call
 
 
 def _encode(text: str) -> bytes:

@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import struct
 
+import pytest
+
 from lockgate.config.model import Manifest
 from lockgate.masking import plan as mp
+from lockgate.masking import rowkernel as rk
 from lockgate.masking.copy import CopyMasker
 from lockgate.masking.policy import MaskPolicy
 from lockgate.model import Principal
 from lockgate.protocols.postgres import messages as m
 
 CUST = ("public", "customers")
+
+
+@pytest.fixture(
+    autouse=True, params=["python", "compiled"] if rk.COMPILED is not None else ["python"]
+)
+def kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every plan test runs with the pure-Python kernel and with the compiled one."""
+    monkeypatch.setattr(rk, "KERNEL", rk.PYTHON if request.param == "python" else rk.COMPILED)
 
 
 def _policy(groups: tuple[str, ...] = ("analyst",), **rule: object) -> MaskPolicy:
