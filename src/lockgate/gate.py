@@ -420,6 +420,25 @@ class Gate:
             )
             self._refuse_command(command, verdict)
 
+    def refused(self, session: Session, seq: int, text: str, error: LockgateError) -> None:
+        """Record a command refused outside the guardrails (masking: it would leak masked data).
+
+        Recorded like a guardrail refusal (decision deny, rule, reason); it never runs.
+        """
+        analysis = self.analyzer.analyze(text)
+        reason = f"{error.message} [{error.detail}]" if error.detail else error.message
+        command = Command(
+            session_id=session.id,
+            seq=seq,
+            text=text,
+            kind=analysis.kind,
+            tables=analysis.tables,
+            decision=Decision(DecisionKind.DENY, error.rule, reason),
+        )
+        self.audit.command_refused(
+            command, ResultSummary(status="refused", error_message=error.message)
+        )
+
     def _refuse_command(self, command: Command, verdict: Verdict) -> NoReturn:
         review = verdict.decision.kind is DecisionKind.REVIEW
         self.audit.command_refused(

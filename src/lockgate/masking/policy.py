@@ -57,6 +57,8 @@ class MaskPolicy:
     detect_strategy: Strategy = REDACT
     detect_rule: str = ""
     strict: bool = False
+    # The manifest rule that made the session strict (named in refusals).
+    strict_rule: str = ""
 
     @property
     def active(self) -> bool:
@@ -116,6 +118,7 @@ class MaskPolicy:
             detect_strategy=detect_strategy or Strategy("redact"),
             detect_rule=detect_rule,
             strict=any(r.mode == "strict" for r in rules),
+            strict_rule=next((r.name for r in rules if r.mode == "strict"), ""),
         )
 
 

@@ -234,7 +234,7 @@ class SessionMasker:
                             "masking mode such statements are refused",
                             hint="select the masked column itself (it comes back masked), or "
                             "ask for an exemption",
-                            rule="masking",
+                            rule=self.policy.strict_rule or "masking",
                         )
             if lg.ddl:
                 self.catalog.invalidate()
@@ -261,7 +261,7 @@ class SessionMasker:
             f"this statement would copy masked data into table '{w.table}'",
             hint="masked values cannot be stored through the gateway by identities that may "
             "not see them; use a temporary table, or ask for an exemption",
-            rule="masking",
+            rule=next(iter(masked.values())).rule or "masking",
         )
 
     def column(self, schema: str, table: str, column: str) -> ColumnMaskSpec | None:

@@ -468,6 +468,8 @@ class PgRelay:
             if self._masker is not None and not opaque:
                 refusal = self._masker.refusal(text)
                 if refusal is not None:
+                    # Recorded like a guardrail refusal (deny, rule, reason), then refused.
+                    self.gate.refused(self.session, self._seq, text, refusal)
                     raise refusal
             admitted = self.gate.admit(
                 self.session,

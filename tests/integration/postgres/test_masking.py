@@ -9,11 +9,13 @@ fail).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import shutil
 import ssl
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -363,6 +365,34 @@ def test_strict_mode_refuses_derived_outputs(masked_gateway: RunningGateway) -> 
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="masked column"):
             c.execute("SELECT row_to_json(c) FROM customers c")
         assert c.execute("SELECT count(*) FROM customers").fetchone() == (len(PEOPLE),)
+        # Extended protocol: refused at Execute, recorded the same way.
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="masked column"):
+            c.execute("SELECT lower(ssn) AS strict_probe FROM customers", prepare=True)
+    # Masking refusals are in the audit store like guardrail refusals: deny, rule, reason.
+    for words in (["upper", "email"], ["row_to_json"], ["strict_probe"]):
+        found = _audit_search(masked_gateway, *words, "--decision", "deny")
+        assert found["rule"] == "pii-strict" and found["subject"] == "sam", found
+        assert "computed from a masked column" in found["reason"], found
+        assert found["error_message"] and "masked column" in found["error_message"], found
+    # A write of masked data into a table is refused and recorded under the column's rule.
+    token = masked_gateway.token("wes", ("analyst",))
+    with psycopg.connect(masked_gateway.dsn(token, user="wes"), autocommit=True) as c:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="would copy masked"):
+            c.execute("INSERT INTO scratch SELECT email FROM customers WHERE id > 1")
+    found = _audit_search(masked_gateway, "scratch", "email", "--decision", "deny")
+    assert found["rule"] == "pii" and found["subject"] == "wes", found
+    assert "would copy masked data" in found["reason"], found
+
+
+def _audit_search(gw: RunningGateway, *args: str) -> dict[str, Any]:
+    """The newest audit record matching `audit search ARGS` (ingested asynchronously)."""
+    rows: list[dict[str, Any]] = []
+    for _ in range(100):
+        rows = json.loads(gw.cli("audit", "search", *args, "--json").stdout)
+        if rows and rows[0].get("finished_at") is not None:
+            return rows[0]
+        time.sleep(0.2)
+    raise AssertionError(f"no finished audit record for {args}: {rows!r}")
 
 
 def _ssl() -> ssl.SSLContext:
