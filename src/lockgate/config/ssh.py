@@ -104,7 +104,8 @@ class SshRule(Strict):
     """
 
     name: str
-    action: Literal["deny", "allow"] = "deny"
+    # `review` (commands only): an exec command waits for an approval rule's reviewers.
+    action: Literal["deny", "allow", "review"] = "deny"
     resources: list[str] = ["*"]
     subjects: list[str] = []
     groups: list[str] = []
@@ -116,7 +117,8 @@ class SshRule(Strict):
     paths: list[str] = []
     directions: list[Direction] = []
     forwarding: list[Forwarding] = []
-    # For `forwarding: [local]`: the HOST:PORT patterns a client may forward to.
+    # For `forwarding: [local]`: the HOST:PORT patterns (as the target resolves them) a
+    # client may forward to; for `[remote]`: the HOST:PORT the target may listen on.
     destinations: list[str] = []
     # Shown to the user when the rule refuses something.
     message: str = ""
@@ -130,8 +132,14 @@ class SshRule(Strict):
                 "a rule must name what it governs: commands, subsystems, paths, directions "
                 "or forwarding"
             )
-        if self.destinations and "local" not in self.forwarding:
-            raise ValueError("destinations apply to forwarding: [local] only")
+        if self.destinations and not {"local", "remote"} & set(self.forwarding):
+            raise ValueError("destinations apply to forwarding: [local] and [remote] only")
+        if self.action == "review" and (
+            self.subsystems or self.paths or self.directions or self.forwarding
+        ):
+            raise ValueError(
+                "action: review holds exec commands only: give it commands and nothing else"
+            )
         return self
 
 

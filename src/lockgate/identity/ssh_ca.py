@@ -86,9 +86,11 @@ def issue_user_certificate(
         principals=[principal.subject],
         valid_after=int((now - BACKDATE).timestamp()),
         valid_before=int(valid_before.timestamp()),
-        permit_x11_forwarding=False,
-        permit_agent_forwarding=False,
-        permit_port_forwarding=False,
+        # Only this gateway trusts its CA, and its `ssh.rules` decide (and record) forwarding:
+        # without these, asyncssh would refuse a request before the rules or the audit see it.
+        permit_x11_forwarding=True,
+        permit_agent_forwarding=True,
+        permit_port_forwarding=True,
         permit_pty=permit_pty,
         permit_user_rc=False,
         comment=f"lockgate {principal.subject}",

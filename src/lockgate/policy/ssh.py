@@ -25,6 +25,7 @@ from lockgate.config.ssh import SshRule
 from lockgate.model import Decision, DecisionKind, Principal
 
 ALLOW = Decision(DecisionKind.ALLOW)
+_KINDS = {"allow": DecisionKind.ALLOW, "deny": DecisionKind.DENY, "review": DecisionKind.REVIEW}
 
 _OPERATORS = frozenset("();<>|&")
 _REDIRECTIONS = frozenset({"<", ">", ">>", "<<", "<<<", "<>", ">|", "&>", "&>>", ">&", "<&"})
@@ -148,9 +149,9 @@ class _Rule:
         )
 
     def decision(self, what: str) -> Decision:
-        kind = DecisionKind.ALLOW if self.rule.action == "allow" else DecisionKind.DENY
-        verb = "allows" if kind is DecisionKind.ALLOW else "denies"
-        reason = self.rule.message or f"rule '{self.rule.name}' {verb} {what}"
+        kind = _KINDS[self.rule.action]
+        verb = {"allow": "allows", "deny": "denies", "review": "holds for review"}
+        reason = self.rule.message or f"rule '{self.rule.name}' {verb[self.rule.action]} {what}"
         return Decision(kind, rule=self.rule.name, reason=reason)
 
 
@@ -177,8 +178,18 @@ class SshPolicy:
 
     def decide(self, principal: Principal, resource: str, request: SshRequest) -> Decision:
         rules = [r for r in self._rules if r.applies(principal, resource)]
-        if request.kind in ("exec", "shell-line"):
+        if request.kind == "exec":
             return self._command(rules, request)
+        if request.kind == "shell-line":
+            decision = self._command(rules, request)
+            if decision.kind is DecisionKind.REVIEW:
+                # No one can be made to wait at a prompt: run it as `ssh HOST 'cmd'` instead.
+                reason = (
+                    f"{decision.reason}; a command that needs review cannot run in an "
+                    "interactive shell: run it as ssh ... 'COMMAND' and wait for approval"
+                )
+                return Decision(DecisionKind.DENY, decision.rule, reason)
+            return decision
         if request.kind == "subsystem":
             for r in rules:
                 if any(fnmatchcase(request.subsystem, p) for p in r.rule.subsystems):
@@ -193,7 +204,7 @@ class SshPolicy:
     def has_command_rules(self, principal: Principal, resource: str) -> bool:
         """Whether typed shell lines need checking at all for this session."""
         return any(
-            r.commands and r.rule.action == "deny"
+            r.commands and r.rule.action != "allow"
             for r in self._rules
             if r.applies(principal, resource)
         )
@@ -207,7 +218,7 @@ class SshPolicy:
         except Unparsable:
             if request.kind == "shell-line":
                 return ALLOW  # best effort: a half-typed line is no command yet
-            deny = next((r for r in with_commands if r.rule.action == "deny"), None)
+            deny = next((r for r in with_commands if r.rule.action != "allow"), None)
             if deny is None:
                 return ALLOW
             return Decision(

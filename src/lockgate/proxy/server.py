@@ -90,6 +90,7 @@ class Gateway:
                 ssh = SshEngine(self.gate, listener)
                 await ssh.start(reuse_port=self.reuse_port)
                 self.ssh_engines.append(ssh)
+                self._watchers.append(spawn(ssh.watch_sessions(), name="ssh-session-watch"))
                 continue
             ctx = listener_context(listener, self.manifest)
             engine = PostgresEngine(self.gate, listener, ctx, self.cancels, self._forward_cancel)

@@ -47,6 +47,7 @@ from lockgate.errors import (
     UpstreamError,
 )
 from lockgate.gate import Gate
+from lockgate.identity.session_limits import SessionVerdict
 from lockgate.identity.ssh_ca import (
     certificate_facts,
     decode_user_certificate,
@@ -59,12 +60,22 @@ from lockgate.keyfiles import create_private_file
 from lockgate.model import ClientInfo, Principal, ResultSummary, SessionEnd
 from lockgate.policy.ssh import SshRequest
 from lockgate.proxy.ssh_channel import ChannelRelay, SshContext
+from lockgate.proxy.ssh_forward import listen_remote, open_local
 from lockgate.proxy.ssh_upstream import connect_target, load_credentials
 from lockgate.tasks import spawn
 
 log = logging.getLogger("lockgate.ssh")
 
 LOGIN_FORM = "NAME#RESOURCE"
+
+# What to do next, told with the reason a live session was ended.
+_END_HINTS = {
+    SessionEnd.TOKEN_EXPIRED: "get a new token (or certificate) and reconnect",
+    SessionEnd.MAX_SESSION: "reconnect to start a new session",
+    SessionEnd.REVOKED: "ask an administrator to restore access",
+    SessionEnd.GRANT_ENDED: "ask for access again: lockgate request RESOURCE --for 30m "
+    "--reason TEXT",
+}
 
 # Refusal codes in the audit trail, by error kind (the SSH counterpart of SQLSTATEs).
 _CODES: tuple[tuple[type[LockgateError], str], ...] = (
@@ -152,6 +163,28 @@ class SshEngine:
             return []
         return [(str(a[0]), int(a[1])) for a in self.acceptor.get_addresses()]
 
+    async def watch_sessions(self) -> None:
+        """End live sessions whose token or grant ended, or that ran too long (each interval)."""
+        interval = self.gate.live_sessions.check_interval
+        while True:
+            await asyncio.sleep(interval)
+            live = {
+                server.ctx.session.id: (server, server.ctx.session)
+                for server in list(self.connections)
+                if server.ctx is not None and server.ending is None
+            }
+            if not live:
+                continue
+            try:
+                verdicts = await self.gate.sessions_to_end([s for _, s in live.values()])
+            except Exception:  # a failed check must not stop the next one
+                log.exception("live ssh session check failed")
+                continue
+            for verdict in verdicts:
+                entry = live.get(verdict.session.id)
+                if entry is not None:
+                    entry[0].end_live(verdict)
+
     async def stop(self) -> None:
         if self.acceptor is not None:
             self.acceptor.close()
@@ -176,6 +209,7 @@ class _GatewayServer(asyncssh.SSHServer):
         self.ctx: SshContext | None = None
         self.info = ClientInfo(address="", protocol="ssh")
         self.ending: SessionEnd | None = None
+        self.end_message: str | None = None
         self.cert_refused = False
 
     # -- connection -------------------------------------------------------------------------
@@ -216,16 +250,34 @@ class _GatewayServer(asyncssh.SSHServer):
         end = self.ending or (
             SessionEnd.CLIENT_DISCONNECTED if exc else SessionEnd.CLIENT_TERMINATED
         )
-        error = (
-            None
-            if end in (SessionEnd.CLIENT_TERMINATED, SessionEnd.CLIENT_DISCONNECTED)
-            else (
-                "the target closed the connection"
-                if end is SessionEnd.UPSTREAM_CLOSED
-                else end.value
-            )
-        )
+        if end in (SessionEnd.CLIENT_TERMINATED, SessionEnd.CLIENT_DISCONNECTED):
+            error = None
+        elif end is SessionEnd.UPSTREAM_CLOSED:
+            error = "the target closed the connection"
+        else:
+            error = self.end_message or end.value
         self.gate.end_session(ctx.session, end, ctx.bytes_in, ctx.bytes_out, error)
+
+    def end_live(self, verdict: SessionVerdict) -> None:
+        """End a live session from outside (token, grant, revocation, max_session)."""
+        ctx, conn = self.ctx, self.conn
+        if ctx is None or conn is None or self.ending is not None:
+            return
+        self.ending = verdict.end
+        self.end_message = verdict.message
+        text = f"lockgate: session ended: {verdict.message}"
+        hint = _END_HINTS.get(verdict.end)
+        log.info(
+            "ssh session %s of %s ended: %s",
+            ctx.session.id,
+            ctx.session.principal.subject,
+            verdict.message,
+        )
+        for relay in list(ctx.channels):
+            relay.end_by_gateway(text, hint, verdict.end.value)
+        for forward in list(ctx.forwards):
+            forward.close()
+        conn.disconnect(asyncssh.DISC_BY_APPLICATION, text)
 
     def shutdown(self) -> None:
         self.ending = SessionEnd.GATEWAY_SHUTDOWN
@@ -400,15 +452,22 @@ class _GatewayServer(asyncssh.SSHServer):
 
     def connection_requested(
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
-    ) -> bool:
-        reason = self._forwarding("local", f"{dest_host}:{dest_port}")
-        raise asyncssh.ChannelOpenError(
-            asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"lockgate: {reason}"
-        )
+    ) -> Awaitable[asyncssh.SSHTCPSession[bytes]]:
+        ctx = self.ctx
+        if ctx is None:
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "lockgate: not logged in"
+            )
+        # A coroutine: asyncssh awaits it before it confirms the channel to the client.
+        return open_local(ctx, dest_host, dest_port, orig_host, orig_port)
 
-    def server_requested(self, listen_host: str, listen_port: int) -> bool:
-        self._forwarding("remote", f"{listen_host}:{listen_port}")
-        return False
+    def server_requested(
+        self, listen_host: str, listen_port: int
+    ) -> Awaitable[asyncssh.SSHListener | bool] | bool:
+        ctx, conn = self.ctx, self.conn
+        if ctx is None or conn is None:
+            return False
+        return listen_remote(ctx, conn, listen_host, listen_port)
 
     def unix_connection_requested(self, dest_path: str) -> bool:
         reason = self._forwarding("local", f"unix:{dest_path}")
@@ -421,10 +480,11 @@ class _GatewayServer(asyncssh.SSHServer):
         return False
 
     def _forwarding(self, kind: str, destination: str) -> str:
-        """Decide on and record a forwarding request; returns why it is refused.
+        """Record a refused agent, X11 or UNIX socket forwarding request; returns why.
 
-        Relaying forwarded channels from the target is not implemented yet, so a request a
-        rule allows is refused too, saying so.
+        These are never relayed: a rule that allows them is recorded, and refused saying so.
+        The reason is also shown on the stderr of the next session channel, since OpenSSH
+        prints nothing when an agent request fails.
         """
         ctx = self.ctx
         if ctx is None:
@@ -440,7 +500,11 @@ class _GatewayServer(asyncssh.SSHServer):
         decision = admission.command.decision
         reason = decision.reason
         if decision.allowed:
-            reason = f"{kind} forwarding is allowed by rule '{decision.rule}' but not supported yet"
+            what = "UNIX socket" if destination.startswith("unix:") else kind
+            reason = (
+                f"{what} forwarding is allowed by rule '{decision.rule}', but the gateway "
+                "does not relay it"
+            )
         try:
             pending = self.gate.record([admission])
             if pending is not None:
@@ -448,6 +512,8 @@ class _GatewayServer(asyncssh.SSHServer):
         except AuditUnavailable:
             log.error("ssh %s: a forwarding request could not be recorded", ctx.session.id)
         ctx.finish(seq, ResultSummary(status="denied", error_message=reason))
+        if kind in ("agent", "x11"):
+            ctx.notices.append(reason)
         log.info(
             "ssh %s: %s forwarding to %s refused: %s", ctx.session.id, kind, destination, reason
         )

@@ -24,19 +24,24 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
+from lockgate.approvals.broker import ApprovalOutcome
 from lockgate.config.ssh import SshResource
 from lockgate.errors import AuditUnavailable
-from lockgate.gate import Admission, Gate
-from lockgate.model import ResultSummary, Session
+from lockgate.gate import Admission, Gate, HeldForReview
+from lockgate.model import Decision, DecisionKind, ResultSummary, Session
+from lockgate.policy.guardrails import Verdict
 from lockgate.policy.ssh import SshRequest
 from lockgate.proxy import ssh_recording as rec
 from lockgate.proxy.ssh_sftp import SftpGuard
 from lockgate.tasks import spawn
+
+if TYPE_CHECKING:
+    from lockgate.proxy.ssh_forward import ForwardedConnection
 
 log = logging.getLogger("lockgate.ssh")
 
@@ -58,6 +63,9 @@ class SshContext:
     transferred: int = 0
     _seq: int = 0
     channels: set[ChannelRelay] = field(default_factory=set)
+    forwards: set[ForwardedConnection] = field(default_factory=set)
+    # Refusals the client's SSH would not show (agent, X11): told on the next channel.
+    notices: list[str] = field(default_factory=list)
 
     def next_seq(self) -> int:
         self._seq += 1
@@ -118,6 +126,9 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
         self._line: _LineTracker | None = None
         self._out = 0
         self._ended_by: str | None = None
+        self._end_status = "ended by rule"
+        self._request_id: str | None = None
+        self._holding = False
 
     # -- asyncssh callbacks ---------------------------------------------------------------
     def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
@@ -187,9 +198,15 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.ctx.channels.discard(self)
+        self._closed = True
+        rid, self._request_id = self._request_id, None
+        if rid is not None:
+            why = self._ended_by or "the client closed the channel"
+            spawn(self.ctx.gate.broker.withdraw(rid, why), name="ssh-withdraw")
         if self.up is not None:
             self.up.close()
-        self._finish(None)
+        if not self._holding:
+            self._finish(None)
 
     # -- starting ----------------------------------------------------------------------------
     def _request(self) -> tuple[SshRequest, str]:
@@ -211,7 +228,17 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
         request, kind = self._request()
         self.seq = ctx.next_seq()
         self.started = time.monotonic()
+        notices, ctx.notices[:] = list(ctx.notices), []
+        for notice in notices:
+            self._tell(f"lockgate: {notice}")
         admission = ctx.gate.admit_ssh(ctx.session, self.seq, request, kind)
+        status = "denied"
+        if admission.command.decision.kind is DecisionKind.REVIEW:
+            self._holding = True
+            try:
+                admission, status = await self._review(admission)
+            finally:
+                self._holding = False
         try:
             await ctx.record(admission)
         except AuditUnavailable as exc:
@@ -220,7 +247,10 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
         decision = admission.command.decision
         if not decision.allowed:
             log.info("ssh %s: %s denied: %s", ctx.session.id, kind, decision.reason)
-            self._refuse(f"refused: {decision.reason}", EXIT_DENIED, status="denied")
+            self._refuse(f"refused: {decision.reason}", EXIT_DENIED, status=status)
+            return
+        if self._closed:
+            self._finish(None)
             return
         try:
             await self._open_target()
@@ -236,6 +266,70 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
         if self._held_eof and self.up is not None:
             self.up.write_eof()
         self.chan.resume_reading()
+
+    def _tell(self, line: str) -> None:
+        """One line on the client's stderr (CR LF on a terminal)."""
+        end = "\r\n" if self.pty else "\n"
+        self.chan.write_stderr(f"{line}{end}".encode())
+
+    async def _review(self, admission: Admission) -> tuple[Admission, str]:
+        """Hold an exec command for a reviewer: the admission to go on with, and a status."""
+        ctx = self.ctx
+        gate = ctx.gate
+        command = admission.command
+        decision = command.decision
+        rule = gate.approval_rules.for_statement(ctx.session.resource, decision.rule)
+        if rule is None:
+            why = (
+                f"{decision.reason}, but no approval rule reviews rule '{decision.rule}' on "
+                f"'{ctx.session.resource}'"
+            )
+            return _decided(admission, DecisionKind.DENY, why), "denied"
+        held = HeldForReview(command, Verdict(decision, decision.reason), rule)
+        try:
+            request = await gate.hold(ctx.session, held)
+        except Exception:
+            log.exception("ssh %s: could not store an approval request", ctx.session.id)
+            outcome = ApprovalOutcome("-", "failed", "the approval request could not be stored")
+        else:
+            if self._closed:
+                why = self._ended_by or "the client closed the channel"
+                await gate.broker.withdraw(request.id, why)
+                note = f"approval request {request.id} withdrawn: {why}"
+                return _decided(admission, DecisionKind.DENY, f"{decision.reason} [{note}]"), (
+                    "review withdrawn"
+                )
+            self._request_id = request.id
+            log.info("ssh %s: exec held for review as request %s", ctx.session.id, request.id)
+            self._tell(
+                f"lockgate: this command is held for review (rule: {decision.rule}); "
+                f"waiting for approval request {request.id}"
+            )
+            self._tell(
+                f"lockgate: a reviewer approves it with: lockgate reviews approve {request.id} "
+                f"--reason TEXT (or denies it with: lockgate reviews deny {request.id} --reason "
+                f"TEXT); it expires at {request.expires_at:%Y-%m-%d %H:%M:%S} UTC"
+            )
+            outcome = await gate.broker.wait(request)
+            self._request_id = None
+        note = f"approval request {outcome.request_id} {outcome.status}: {outcome.reason}"
+        if outcome.approved and not self._closed:
+            return _decided(admission, DecisionKind.ALLOW, f"{decision.reason} [{note}]"), ""
+        status = f"review {outcome.status}"
+        return _decided(admission, DecisionKind.DENY, f"{decision.reason} [{note}]"), status
+
+    def end_by_gateway(self, message: str, hint: str | None, status: str) -> None:
+        """The session is being ended (token, grant, revocation, max_session): say why."""
+        self._ended_by = message
+        self._end_status = f"ended: {status}"
+        lines = [message] + ([f"hint: {hint}"] if hint else [])
+        for line in lines:
+            try:
+                self._tell(line)
+            except (OSError, asyncssh.Error):
+                return
+            if self._cast is not None:
+                self._cast.output(f"\r\n{line}\r\n".encode())
 
     async def _open_target(self) -> None:
         ctx = self.ctx
@@ -274,9 +368,9 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
             self._sftp.send = chan.write
 
     def _refuse(self, message: str, code: int, *, status: str = "", record: bool = True) -> None:
-        end = "\r\n" if self.pty else "\n"
-        self.chan.write_stderr(f"lockgate: {message}{end}".encode())
-        self.chan.exit(code)
+        if not self._closed:
+            self._tell(f"lockgate: {message}")
+            self.chan.exit(code)
         if record:
             self.ctx.finish(self.seq, ResultSummary(status=status, error_message=message[:1000]))
             self.seq = 0
@@ -378,7 +472,7 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
         status_code = up.get_exit_status() if up is not None else None
         signal = up.get_exit_signal() if up is not None else None
         if self._ended_by is not None:
-            status = "ended by rule"
+            status = self._end_status
         elif signal is not None:
             status = f"signal {signal[0]}"
         elif status_code is not None and status_code >= 0:
@@ -412,6 +506,13 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
                 duration_ms=(time.monotonic() - self.started) * 1000,
             ),
         )
+
+
+def _decided(admission: Admission, kind: DecisionKind, reason: str) -> Admission:
+    """The admission with the reviewer's (or the missing reviewer's) decision."""
+    command = admission.command
+    decision = Decision(kind, command.decision.rule, reason)
+    return Admission(replace(command, decision=decision), admission.analysis)
 
 
 class _LineTracker:

@@ -217,8 +217,47 @@ class SshGateway:
             timeout=timeout,
         )
 
+    def ssh_popen(
+        self, token: str, *args: str, resource: str = "target", name: str = "alice"
+    ) -> subprocess.Popen[bytes]:
+        """A background `ssh` (stdin closed, output captured); end it with `finish`."""
+        return subprocess.Popen(
+            ["ssh", *self.ssh_options(), "-p", str(self.port), self.login(resource, name), *args],
+            env=self.client_env(token),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+
     def stop(self) -> None:
         _stop(self.proc)
+
+
+def finish(proc: subprocess.Popen[bytes], timeout: float = 30) -> tuple[int, bytes, bytes]:
+    """Wait (bounded) for a background ssh; kill it if it outlives `timeout`."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate(timeout=10)
+        raise AssertionError(f"ssh did not end in {timeout}s: {err!r}") from None
+    return proc.returncode, out, err
+
+
+def live_session(gw: SshGateway, subject: str) -> dict[str, Any]:
+    """The newest session of `subject` once it is recorded (it may still be open)."""
+    from lockgate.audit.query import list_sessions
+
+    engine = audit_engine(gw)
+    try:
+        return dict(
+            wait_for(
+                lambda: next(iter(list_sessions(engine, subject=subject, limit=1)), None),
+                f"a session of {subject}",
+            )
+        )
+    finally:
+        engine.dispose()
 
 
 def ssh_manifest(

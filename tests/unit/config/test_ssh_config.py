@@ -82,3 +82,12 @@ def test_unknown_protocol_and_rules_that_match_nothing() -> None:
     )
     text = VALID.replace("      commands: [reboot]\n", "      message: hi\n")
     assert any("ssh.rules[0]: a rule must name what it governs" in e for e in errors_of(text))
+
+
+def test_review_rules_govern_commands_only() -> None:
+    text = VALID.replace(
+        "      commands: [reboot]\n", "      action: review\n      paths: [/etc/*]\n"
+    )
+    assert any("action: review holds exec commands only" in e for e in errors_of(text))
+    ok = VALID.replace("      commands: [reboot]\n", "      action: review\n      commands: [x]\n")
+    assert load_manifest_text(ok).ssh.rules[0].action == "review"

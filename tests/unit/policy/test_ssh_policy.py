@@ -119,3 +119,28 @@ def test_subsystem_rules() -> None:
     policy = _policy({"name": "no-sftp", "subsystems": ["sftp"]})
     assert not policy.decide(ALICE, "w", SshRequest("subsystem", subsystem="sftp")).allowed
     assert policy.decide(ALICE, "w", SshRequest("subsystem", subsystem="other")).allowed
+
+
+def test_review_holds_exec_commands_and_refuses_them_in_shells() -> None:
+    policy = _policy(
+        {"name": "hold-deploys", "action": "review", "commands": ["deploy *"]},
+    )
+    held = policy.decide(ALICE, "web", SshRequest("exec", text="cd /srv && deploy prod"))
+    assert (held.kind, held.rule) == (DecisionKind.REVIEW, "hold-deploys")
+    assert "holds for review 'deploy prod'" in held.reason
+    typed = policy.decide(ALICE, "web", SshRequest("shell-line", text="deploy prod"))
+    assert typed.kind is DecisionKind.DENY
+    assert "cannot run in an interactive shell" in typed.reason
+    # Review rules turn on line checking in shells, so a shell is no way around the hold.
+    assert policy.has_command_rules(ALICE, "web")
+    assert policy.decide(ALICE, "web", SshRequest("exec", text="ls")).allowed
+
+
+def test_remote_forwarding_destinations_name_where_the_target_listens() -> None:
+    policy = _policy(
+        {"name": "r", "action": "allow", "forwarding": ["remote"], "destinations": ["127.0.0.1:*"]}
+    )
+    ok = SshRequest("forward", forwarding="remote", destination="127.0.0.1:8080")
+    assert policy.decide(ALICE, "web", ok).allowed
+    wide = SshRequest("forward", forwarding="remote", destination="0.0.0.0:8080")
+    assert not policy.decide(ALICE, "web", wide).allowed
