@@ -105,6 +105,21 @@ class Command:
 
 
 @dataclass(frozen=True, slots=True)
+class CapturedResult:
+    """What a client received for one command, as the protocol's own messages (`format`).
+
+    `data` holds at most the resource's caps; `rows_dropped` (None: unknown) and
+    `bytes_dropped` count what was not kept.
+    """
+
+    format: str
+    data: bytes
+    rows: int
+    rows_dropped: int | None
+    bytes_dropped: int
+
+
+@dataclass(frozen=True, slots=True)
 class ResultSummary:
     """How a command ended: what came back and what it cost."""
 
@@ -114,3 +129,5 @@ class ResultSummary:
     error_message: str | None = None
     bytes_out: int = 0
     duration_ms: float = 0.0
+    # The result rows kept for replay (database sessions with capture on).
+    result: CapturedResult | None = None

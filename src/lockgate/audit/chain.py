@@ -104,6 +104,11 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     ),
     "R": ("id", "at", "client_addr", "protocol", "resource", "subject", "code", "reason"),
 }
+# Fields an event's encoding holds only when the first is set (schema version 2): older
+# events, and outcomes without a captured result, encode exactly as before.
+OPTIONAL_FIELDS: dict[str, tuple[str, ...]] = {
+    "F": ("result_sha256", "result_rows", "result_rows_dropped", "result_bytes_dropped"),
+}
 KIND_NAMES = {
     "S": "session start",
     "E": "session end",
@@ -146,6 +151,9 @@ def event_digest(kind: str, row: Mapping[str, Any]) -> bytes:
         elif name in _FLOATS and v is not None:
             v = float(v)
         values.append(v)
+    optional = OPTIONAL_FIELDS.get(kind)
+    if optional is not None and row.get(optional[0]) is not None:
+        values.extend(row.get(name) for name in optional)
     return hashlib.sha256(orjson.dumps(values)).digest()
 
 

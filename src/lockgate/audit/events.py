@@ -12,9 +12,9 @@ from typing import Any
 
 import orjson
 
-from lockgate.audit.chain import EVENT_FIELDS, ts_text
+from lockgate.audit.chain import EVENT_FIELDS, OPTIONAL_FIELDS, ts_text
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 EVENT_TYPES: dict[str, str] = {
     "S": "session.start",
@@ -62,6 +62,10 @@ def build(chain: str, kind: str, seq: int, hash_: bytes, row: Mapping[str, Any])
             event["refusal_id"] = value
             continue
         event[_RENAMED.get(name, name)] = value
+    optional = OPTIONAL_FIELDS.get(kind)
+    if optional is not None and row.get(optional[0]) is not None:
+        for name in optional:
+            event[name] = row.get(name)
     return event
 
 

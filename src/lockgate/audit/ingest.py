@@ -17,10 +17,13 @@ gateway workers' event loops free of the store's latency and of lock waits.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import logging
 import os
 import threading
 import time
+import zlib
+from base64 import b64decode
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -259,12 +262,18 @@ def to_batch(records: list[list[Any]], ts: Any) -> Batch:
                 (r[1], r[2], ts(r[3]), r[4], r[5], _json(r[6]), params, *r[8:11], *_NO_OUTCOME)
             )
         elif kind == "F":
-            # [F, at, rows, status, error_code, error_message, bytes_out, duration_ms, session, seq]
+            # [F, at, rows, status, error_code, error_message, bytes_out, duration_ms, session, seq
+            #  (, format, base64 data, rows kept, rows dropped, bytes dropped)]
+            result: tuple[Any, ...] = _NO_RESULT
+            if len(r) > 10:
+                raw = b64decode(r[11])
+                result = (hashlib.sha256(raw).hexdigest(), *r[12:15])
+                batch.result_rows.append((r[8], r[9], r[10], CODEC, zlib.compress(raw, 1)))
             i = started.get((r[8], r[9]))
             if i is None:
-                batch.cmd_updates.append((ts(r[1]), *r[2:]))
+                batch.cmd_updates.append((ts(r[1]), *r[2:8], *result, r[8], r[9]))
             else:
-                batch.cmd_rows[i] = (*batch.cmd_rows[i][:10], ts(r[1]), *r[2:8])
+                batch.cmd_rows[i] = (*batch.cmd_rows[i][:10], ts(r[1]), *r[2:8], *result)
         elif kind == "S":
             # [S, id, subject, groups, kind, issuer, token, resource, protocol, addr, user, app, at]
             batch.sess_rows.append((r[1], r[2], _json(r[3]), *r[4:12], ts(r[12])))
@@ -275,7 +284,10 @@ def to_batch(records: list[list[Any]], ts: Any) -> Batch:
     return batch
 
 
-_NO_OUTCOME = (None,) * 7
+_NO_OUTCOME = (None,) * 11
+_NO_RESULT = (None,) * 4
+# How captured results are compressed in the store (level 1: the ingester shares the CPU).
+CODEC = "zlib"
 
 
 def _json(value: Any) -> str:

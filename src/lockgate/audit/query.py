@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import zlib
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
-from lockgate.audit.tables import commands, refusals, sessions
+from lockgate.audit.tables import command_results, commands, refusals, sessions
 from lockgate.errors import LockgateError
 
 
@@ -90,7 +91,27 @@ def get_session(engine: Engine, id_or_prefix: str) -> dict[str, Any] | None:
             select(commands).where(commands.c.session_id == row.id).order_by(commands.c.seq)
         )
         session["commands"] = [dict(c._mapping) for c in cmds]
+        results = {
+            r.seq: (r.format, r.codec, bytes(r.data))
+            for r in conn.execute(
+                select(command_results).where(command_results.c.session_id == row.id)
+            )
+        }
+    for c in session["commands"]:
+        found = results.get(c["seq"])
+        c["result_format"] = None if found is None else found[0]
+        c["result_data"] = None if found is None else _inflate(found[1], found[2])
     return session
+
+
+def _inflate(codec: str, data: bytes) -> bytes | None:
+    """A captured result's bytes (None when the stored codec is unknown or the data damaged)."""
+    if codec != "zlib":
+        return None
+    try:
+        return zlib.decompress(data)
+    except zlib.error:
+        return None
 
 
 def list_refusals(engine: Engine, *, limit: int = 50) -> list[dict[str, Any]]:

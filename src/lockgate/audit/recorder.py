@@ -26,6 +26,7 @@ import asyncio
 import logging
 import os
 import time
+from base64 import b64encode
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -244,20 +245,23 @@ class AuditRecorder:
 
     def command_finished(self, session_id: str, seq: int, summary: ResultSummary) -> None:
         """Complete a command's record with its outcome (rides along with the next flush)."""
-        self._later(
-            [
-                _FINISH,
-                time.time(),
-                summary.rows,
-                summary.status,
-                summary.error_code,
-                summary.error_message,
-                summary.bytes_out,
-                summary.duration_ms,
-                session_id,
-                seq,
-            ]
-        )
+        rec = [
+            _FINISH,
+            time.time(),
+            summary.rows,
+            summary.status,
+            summary.error_code,
+            summary.error_message,
+            summary.bytes_out,
+            summary.duration_ms,
+            session_id,
+            seq,
+        ]
+        r = summary.result
+        if r is not None:
+            # The ingester hashes and compresses it (off this loop); base64 suits JSON framing.
+            rec += [r.format, b64encode(r.data).decode(), r.rows, r.rows_dropped, r.bytes_dropped]
+        self._later(rec)
 
     def session_ended(
         self,

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Dialect,
     Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
@@ -119,8 +120,30 @@ commands = Table(
     Column("error_message", Text),
     Column("bytes_out", BigInteger),
     Column("duration_ms", Float),
+    # The captured result (see command_results): SHA-256 (hex) of its uncompressed bytes,
+    # the rows kept, and the rows (None: unknown) and row bytes not kept. In the chain.
+    Column("result_sha256", String(64)),
+    Column("result_rows", BigInteger),
+    Column("result_rows_dropped", BigInteger),
+    Column("result_bytes_dropped", BigInteger),
 )
 Index("ix_commands_started_at", commands.c.started_at)
+
+# What the client received for a command (result rows after masking, up to the resource's
+# caps), in the protocol's own messages (`format`, e.g. `pgwire`), compressed (`codec`).
+# Its hash is in the command's chained outcome; deleted with the command.
+command_results = Table(
+    "command_results",
+    metadata,
+    Column("session_id", String(64), primary_key=True),
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("format", String(16), nullable=False),
+    Column("codec", String(16), nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    ForeignKeyConstraint(
+        ["session_id", "seq"], ["commands.session_id", "commands.seq"], ondelete="CASCADE"
+    ),
+)
 
 refusals = Table(
     "refusals",
@@ -209,7 +232,7 @@ audit_holds = Table(
     Column("held_at", UTCDateTime, nullable=False),
 )
 
-CHAIN_TABLES = [audit_chains, audit_events, audit_checkpoints, audit_holds]
+CHAIN_TABLES = [audit_chains, audit_events, audit_checkpoints, audit_holds, command_results]
 
 # Full-text search over statements: an FTS5 table on SQLite (rowid = chain id << 40 | event
 # seq, filled by the ingester in the batch's transaction), a GIN index over

@@ -23,6 +23,8 @@ also anchors the events written after the last checkpoint.
 
 from __future__ import annotations
 
+import hashlib
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,7 @@ from lockgate.audit.tables import (
     audit_chains,
     audit_checkpoints,
     audit_events,
+    command_results,
     commands,
     refusals,
     sessions,
@@ -137,7 +140,7 @@ def verify(engine: Engine, state_dir: Path | None = None) -> Report:
             cr = ChainReport(r.name, r.host, r.public_key)
             _walk(conn, r.id, cr, keys, head if head and head.get("chain") == r.name else None)
             report.chains.append(cr)
-        report.unchained = _unchained(conn)
+        report.unchained = _unchained(conn) + _results(conn)
     return report
 
 
@@ -373,4 +376,44 @@ def _unchained(conn: Connection, sample: int = 5) -> list[Finding]:
                 f"or recorded before chains existed): {', '.join(names)}{more}",
             )
         )
+    return out
+
+
+def _results(conn: Connection, sample: int = 5) -> list[Finding]:
+    """Captured results that do not match the hash their command's chained outcome holds."""
+    r, c = command_results, commands
+    q = (
+        select(c.c.session_id, c.c.seq, c.c.result_sha256, r.c.codec, r.c.data)
+        .select_from(c.outerjoin(r, and_(r.c.session_id == c.c.session_id, r.c.seq == c.c.seq)))
+        .where(c.c.result_sha256.is_not(None))
+    )
+    bad: dict[str, list[str]] = {"altered": [], "deleted": []}
+    for row in conn.execution_options(yield_per=1000).execute(q):
+        name = f"{row.session_id} #{row.seq}"
+        if row.data is None:
+            bad["deleted"].append(name)
+            continue
+        try:
+            raw = zlib.decompress(bytes(row.data)) if row.codec == "zlib" else b""
+        except zlib.error:
+            raw = b""
+        if hashlib.sha256(raw).hexdigest() != row.result_sha256:
+            bad["altered"].append(name)
+    inserted = conn.execute(
+        select(r.c.session_id, r.c.seq)
+        .select_from(r.join(c, and_(r.c.session_id == c.c.session_id, r.c.seq == c.c.seq)))
+        .where(c.c.result_sha256.is_(None))
+    ).all()
+    bad["inserted"] = [f"{x.session_id} #{x.seq}" for x in inserted]
+    out: list[Finding] = []
+    for problem, names in bad.items():
+        if names:
+            more = f" and {len(names) - sample} more" if len(names) > sample else ""
+            out.append(
+                Finding(
+                    problem,
+                    f"{len(names)} captured result(s) {problem} (their hash is in the "
+                    f"command's chained outcome): {', '.join(names[:sample])}{more}",
+                )
+            )
     return out

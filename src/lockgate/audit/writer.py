@@ -21,7 +21,14 @@ from sqlalchemy.engine import Engine
 
 from lockgate.audit.chain import ChainWriter
 from lockgate.audit.dbapi import insert_sql, marker, update_sql
-from lockgate.audit.tables import CHAIN_TABLES, commands, journal_positions, refusals, sessions
+from lockgate.audit.tables import (
+    CHAIN_TABLES,
+    command_results,
+    commands,
+    journal_positions,
+    refusals,
+    sessions,
+)
 from lockgate.errors import AuditUnavailable
 from lockgate.store import metadata
 
@@ -39,6 +46,10 @@ _COMMAND_FINISH_COLUMNS = (
     "error_message",
     "bytes_out",
     "duration_ms",
+    "result_sha256",
+    "result_rows",
+    "result_rows_dropped",
+    "result_bytes_dropped",
 )
 _SESSION_END_COLUMNS = ("ended_at", "end_reason", "bytes_from_client", "bytes_to_client", "error")
 
@@ -72,9 +83,23 @@ class StoreGone(Exception):
 class Batch:
     """Records read from a journal, by kind, in table column order."""
 
-    __slots__ = ("cmd_rows", "cmd_updates", "refusal_rows", "sess_rows", "sess_updates")
+    __slots__ = (
+        "cmd_rows",
+        "cmd_updates",
+        "refusal_rows",
+        "result_rows",
+        "sess_rows",
+        "sess_updates",
+    )
     # The order rows are written in: a session before its commands, rows before updates.
-    ORDER = ("sess_rows", "cmd_rows", "refusal_rows", "cmd_updates", "sess_updates")
+    ORDER = (
+        "sess_rows",
+        "cmd_rows",
+        "refusal_rows",
+        "cmd_updates",
+        "result_rows",
+        "sess_updates",
+    )
 
     def __init__(self) -> None:
         self.sess_rows: list[Row] = []
@@ -82,6 +107,8 @@ class Batch:
         self.refusal_rows: list[Row] = []
         self.cmd_updates: list[Row] = []
         self.sess_updates: list[Row] = []
+        # Captured results: (session_id, seq, format, codec, data), after their commands.
+        self.result_rows: list[Row] = []
 
     def __bool__(self) -> bool:
         return self.size() > 0
@@ -93,6 +120,7 @@ class Batch:
             + len(self.refusal_rows)
             + len(self.cmd_updates)
             + len(self.sess_updates)
+            + len(self.result_rows)
         )
 
 
@@ -118,6 +146,9 @@ class _Statements:
         self.insert_session = insert_sql(dialect, sessions, self.session_columns)
         self.insert_command = insert_sql(dialect, commands, self.command_columns)
         self.insert_refusal = insert_sql(dialect, refusals, self.refusal_columns)
+        self.insert_result = insert_sql(
+            dialect, command_results, [c.name for c in command_results.columns]
+        )
         self.insert_refusal_id = insert_sql(dialect, refusals, self.refusal_columns, "id")
         self.finish_command = update_sql(
             dialect, commands, _COMMAND_FINISH_COLUMNS, ("session_id", "seq")
@@ -333,6 +364,8 @@ class StoreWriter:
             cur.executemany(sql.insert_refusal, batch.refusal_rows)
         if batch.cmd_updates:
             cur.executemany(sql.finish_command, batch.cmd_updates)
+        if batch.result_rows:
+            cur.executemany(sql.insert_result, batch.result_rows)
         if batch.sess_updates:
             cur.executemany(sql.end_session, batch.sess_updates)
 
@@ -383,6 +416,9 @@ class StoreWriter:
                     chain.add("F", m["session_id"], m["seq"], m)
                 else:
                     chain.add("E", m["id"], None, m)
+        if batch.result_rows:
+            # Not events of their own: their hash is in the command's outcome (chained above).
+            cur.executemany(sql.insert_result, batch.result_rows)
 
 
 def unavailable(exc: BaseException, consequence: str) -> AuditUnavailable:

@@ -21,6 +21,7 @@ from lockgate.cli.audit_format import (
     when,
 )
 from lockgate.cli.common import config_option, fail, print_json
+from lockgate.cli.replay_results import show_result
 from lockgate.errors import LockgateError
 
 _STATE_HINT = "or pass -c with the gateway's manifest (its state folder holds the audit key)"
@@ -258,7 +259,7 @@ def holds_cmd(config_path: Path, store_url: str | None, as_json: bool) -> None:
 @click.argument("session_id", metavar="SESSION")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 def replay_cmd(config_path: Path, store_url: str | None, session_id: str, as_json: bool) -> None:
-    """Replay a session's statements in order: decision, parameters, rows, duration, error."""
+    """Replay a session's statements in order: decision, parameters, rows returned, error."""
     from lockgate.audit.query import get_session
 
     engine, _ = open_store(config_path, store_url)
@@ -273,6 +274,9 @@ def replay_cmd(config_path: Path, store_url: str | None, session_id: str, as_jso
     if found is None:
         fail(f"no session {session_id!r}", "find one with `lockgate audit sessions` or `search`")
     if as_json:
+        from lockgate.cli.replay_results import result_json
+
+        found["commands"] = [result_json(c) for c in found["commands"]]
         print_json(jsonable(found))
         return
     _replay(found)
@@ -298,9 +302,10 @@ def _replay(s: dict[str, Any]) -> None:
             f"[+{offset:.3f}s] {c['started_at'].astimezone(UTC).strftime('%H:%M:%S')}", dim=True
         )
         show_command(c, s["live"])
+        show_result(c)
     click.echo(
-        "\nresult rows are not recorded yet (only their count, bytes and duration); "
-        "see `lockgate audit verify` for the chain that covers these records"
+        "\nresults are shown as the client received them (after masking), up to the "
+        "resource's capture caps; `lockgate audit verify` checks the chain that covers them"
     )
 
 

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    BeforeValidator,
     Discriminator,
     Field,
     Tag,
@@ -65,11 +66,36 @@ class PostgresUpstream(Strict):
         return credential_reference(v, "the password")
 
 
+class ResultCapture(Strict):
+    """How much of each statement's result the audit trail keeps (see docs/audit.md)."""
+
+    # Per statement: rows and DataRow bytes kept, each a number or `full` (no cap).
+    rows: int | Literal["full"] = Field(default=100)
+    bytes: int | Literal["full"] = Field(default=65536)
+
+    @field_validator("rows", "bytes")
+    @classmethod
+    def _cap(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 0:
+            raise ValueError("must be 0 or more, or `full`")
+        return v
+
+
+def _capture_off(v: Any) -> Any:
+    # YAML 1.1 reads a bare `off` as false: both mean "keep no result rows".
+    return "off" if v is False else v
+
+
+CaptureSetting = Annotated[ResultCapture | Literal["off"], BeforeValidator(_capture_off)]
+
+
 class Resource(Strict):
     name: str
     type: Literal["postgres"] = "postgres"
     description: str = ""
     upstream: PostgresUpstream
+    # Result rows the audit trail keeps per statement; absent: `audit.capture`.
+    capture: CaptureSetting | None = None
 
     @field_validator("name")
     @classmethod
@@ -293,6 +319,8 @@ class State(Strict):
 class Audit(Strict):
     # Record extended-protocol parameter values (they may hold personal data).
     record_parameters: bool = True
+    # Result rows kept per statement (after masking), unless a resource says otherwise.
+    capture: CaptureSetting = ResultCapture()
     # fdatasync the audit journal before forwarding each group of commands: survives a power
     # cut, not only a crash of the gateway, at the cost of latency.
     fsync: bool = False
@@ -320,6 +348,11 @@ class Audit(Strict):
             if parse_duration(text) < 1:
                 raise ValueError("each retention must be at least 1s")
         return v
+
+    def capture_for(self, resource: Resource) -> ResultCapture | None:
+        """The result capture caps for `resource`, None when it keeps no rows."""
+        setting = resource.capture if resource.capture is not None else self.capture
+        return setting if isinstance(setting, ResultCapture) else None
 
     def retention_seconds(self, resource: str) -> int | None:
         """How long records of `resource` are kept, in seconds (None: forever)."""

@@ -61,7 +61,7 @@ from lockgate.gate import Admission, Gate, HeldForReview, NeedsEstimate
 from lockgate.model import ResultSummary, Session
 from lockgate.protocols.postgres import messages as m
 from lockgate.protocols.postgres import sqlstate
-from lockgate.proxy import pg_masking, pg_rowgate
+from lockgate.proxy import pg_capture, pg_masking, pg_rowgate
 from lockgate.proxy.endpoint import Endpoint
 from lockgate.tasks import spawn
 
@@ -111,6 +111,8 @@ class _Op:
     mask: pg_masking.Track | None = None
     # Reads let through on their row estimate: the count of their rows (`pg_rowgate`).
     gate: pg_rowgate.RowGate | None = None
+    # Result capture: a statement's `pg_capture.Taken`, or a Describe's statement name.
+    capture: Any = None
 
 
 @dataclass(slots=True)
@@ -159,6 +161,9 @@ class PgRelay:
         # None unless a masking rule applies to this session: then the relay masks results.
         self._masker = pg_masking.masker_for(gate, session)
         self._mask_wait = False
+        # None unless the resource keeps result rows for replay (see pg_capture).
+        self._capture = pg_capture.for_session(gate, session.resource)
+        self._scrub = self._masker.policy.scrub if self._masker is not None else None
         # Review of a held command: its outcome (for the command's text) once known,
         # the request being waited for, and whether the session is gone.
         self._approval: tuple[str, ApprovalOutcome] | None = None
@@ -390,6 +395,9 @@ class PgRelay:
                 if self._masker is not None and t != _F:
                     portal = m.parse_execute(payload)[0] if t == _E else ""
                     op.mask = self._masker.command(t, text, portal)
+                if self._capture is not None and t != _F:
+                    portal = m.parse_execute(payload)[0] if t == _E else ""
+                    op.capture = self._capture.statement(t, portal)
                 adm = self._admit(text, params, op, opaque=t == _F)
                 if isinstance(adm, HeldForReview | NeedsEstimate):
                     # Stop here: this message and the rest of the chunk wait (estimate, review).
@@ -409,6 +417,8 @@ class PgRelay:
             if t == _P:
                 parsed = m.parse_parse(bytes(buf[off + 5 : end]))
                 self._statements[parsed.statement] = parsed.query
+                if self._capture is not None:
+                    self._capture.parsed(parsed.statement)
                 refusal = self._screen(parsed.query)
                 if refusal is not None:
                     # Not even prepared: the server fails a stand-in Parse instead.
@@ -421,6 +431,9 @@ class PgRelay:
             elif t == _B:
                 bind = m.parse_bind(bytes(buf[off + 5 : end]))
                 params = m.bind_param_texts(bind) if self._record_params else None
+                params = pg_capture.scrub_params(params, self._scrub)
+                if self._capture is not None:
+                    self._capture.bound(bind.portal, bind.statement)
                 self._portals[bind.portal] = (self._statements.get(bind.statement, ""), params)
             elif t == _C:
                 kind, name = m.parse_close_or_describe(bytes(buf[off + 5 : end]))
@@ -436,6 +449,8 @@ class PgRelay:
                 step = _Op(t, started=now)
                 if self._masker is not None and t != _S and t != _C:
                     step.mask = self._masker.step(t, bytes(buf[off + 5 : end]))
+                if t == _D and self._capture is not None:
+                    step.capture = self._capture.describing(bytes(buf[off + 5 : end]))
                 out.append((mv[run_start:end], step))
                 run_start = end
         last_end = spans[-1][1]
@@ -571,6 +586,9 @@ class PgRelay:
         masker = self._masker
         data_rows = -1  # masked sessions: start of a run of DataRows
         masked_error: bytes | None = None
+        masked_t: bytes | None = None
+        cap = self._capture
+        run = -1  # capture in unmasked sessions: start of a run of DataRows
         for off, end in spans:
             if masker is not None:
                 t = buf[off]
@@ -583,7 +601,7 @@ class PgRelay:
                 if data_rows >= 0:
                     flushed = self._mask_rows(buf, data_rows, off, flushed)
                     data_rows = -1
-                masked_error = None
+                masked_error = masked_t = None
                 # A stand-in for a refused command failed: that error is replaced, not masked.
                 stand_in = t == _E and bool(pending) and bool(pending[0].local)
                 if t in pg_masking.UPSTREAM_TYPES and not stand_in:
@@ -598,6 +616,7 @@ class PgRelay:
                         write(got)
                         flushed = end
                         masked_error = got[5:] if t == _E else None
+                        masked_t = got if t == _T else None
             if not pending:
                 continue
             t = buf[off]
@@ -605,7 +624,13 @@ class PgRelay:
             # Every response byte counts towards the command it answers (rows included).
             head.bytes_out += end - off
             if t == _D:
+                if run < 0 and cap is not None:
+                    run = off
                 continue
+            if run >= 0:
+                assert cap is not None
+                cap.rows(head.capture, buf, run, off)
+                run = -1
             if t == _Z:
                 status = bytes(buf[off + 5 : off + 6])
                 self._tx_status = status
@@ -633,6 +658,8 @@ class PgRelay:
                     flushed = end
                 tag = m.read_cstring(bytes(buf[off + 5 : end]), 0)[0]
                 rows = m.command_tag_rows(tag)
+                if cap is not None:
+                    cap.completed(head.capture, buf[off:end], rows)
                 if head.kind == _E:
                     head.status, head.rows = tag, rows
                     self._finish(pending.popleft())
@@ -644,6 +671,8 @@ class PgRelay:
                 if head.kind in _STEPS:
                     pending.popleft()
             elif t == _T:
+                if cap is not None:
+                    cap.description(head.capture, masked_t or buf[off:end])
                 if head.kind == _D:
                     pending.popleft()
             elif t == _SUSPENDED or t == _I:
@@ -690,6 +719,8 @@ class PgRelay:
                     return
         if data_rows >= 0:
             flushed = self._mask_rows(buf, data_rows, consumed, flushed)
+        if run >= 0 and cap is not None and pending:
+            cap.rows(pending[0].capture, buf, run, consumed)
         if consumed > flushed:
             write(buf[flushed:consumed] if flushed or consumed < len(buf) else buf)
 
@@ -713,6 +744,8 @@ class PgRelay:
         if gate.state != pg_rowgate.DISCARDING and stop > start:
             if self._masker is None or self._mask_rows(buf, start, stop, start) == start:
                 self.client.write(buf[start:stop])
+                if self._capture is not None and self._masker is None:
+                    self._capture.rows(op.capture, buf, start, stop)
         op.bytes_out += stop - start
         rest = bytes(buf[stop:])
         self._ubuf = bytearray()
@@ -745,6 +778,13 @@ class PgRelay:
         assert self._masker is not None
         track = self._pending[0].mask if self._pending else None
         new = self._masker.rewrite_rows(track, buf, start, stop)
+        if self._capture is not None and self._pending:
+            # What the client receives: the rewritten rows, or these as they are.
+            taken = self._pending[0].capture
+            if new is None:
+                self._capture.rows(taken, buf, start, stop)
+            else:
+                self._capture.rows(taken, new, 0, len(new))
         if new is None:
             return flushed
         if start > flushed:
@@ -782,6 +822,7 @@ class PgRelay:
             error_message=op.error_message,
             bytes_out=op.bytes_out,
             duration_ms=(time.perf_counter() - op.started) * 1000.0,
+            result=self._capture.result(op.capture) if self._capture is not None else None,
         )
         if op.gate is not None:
             self._watching -= 1

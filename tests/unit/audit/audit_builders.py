@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from lockgate.audit import journal
-from lockgate.audit.tables import commands, journal_positions, refusals, sessions
+from lockgate.audit.tables import command_results, commands, journal_positions, refusals, sessions
 from lockgate.model import (
     ClientInfo,
     Command,
@@ -23,7 +23,7 @@ from lockgate.model import (
 )
 from lockgate.store import metadata, open_engine
 
-AUDIT_TABLES = [sessions, commands, refusals, journal_positions]
+AUDIT_TABLES = [sessions, commands, refusals, journal_positions, command_results]
 
 DONE = ResultSummary(rows=3, status="SELECT 3", bytes_out=512, duration_ms=1.5)
 

@@ -92,7 +92,7 @@ def test_a_file_sink_without_kept_files_starts_over(tmp_path: Path) -> None:
 
 SYSLOG = re.compile(
     rb'^<(\d+)>1 (\S+) (\S+) lockgate (\d+) (\S+) \[lockgate@32473 chain="([0-9a-f]+)" '
-    rb'seq="(\d+)" schema="1"\] \xef\xbb\xbf(\{.*\})$',
+    rb'seq="(\d+)" schema="2"\] \xef\xbb\xbf(\{.*\})$',
     re.S,
 )
 

@@ -144,7 +144,7 @@ def test_replay(manifest: Path) -> None:
     order = [i for i, line in enumerate(lines) if line.strip().startswith(("#1 ", "#2 ", "#3 "))]
     assert len(order) == 3 and order == sorted(order)
     assert "params: $1='42'" in out and "deny by no-drop" in out
-    assert "error 22012 division by zero" in out and "result rows are not recorded" in out
+    assert "error 22012 division by zero" in out and "as the client received them" in out
     code, out, _ = run("replay", LIVE_ID, "-c", str(manifest), "--json")
     assert json.loads(out)["commands"] == []
     code, _, err = run("replay", "ffff", "-c", str(manifest))
