@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+from sqlalchemy.exc import SQLAlchemyError
 
 from lockgate.cli.common import config_option, fail, load, print_json
 from lockgate.config.model import Manifest, parse_duration
@@ -21,6 +22,7 @@ from lockgate.model import Principal
 
 if TYPE_CHECKING:
     import asyncssh
+    from sqlalchemy.engine import Engine
 
 
 @click.command("ssh-known-hosts")
@@ -136,24 +138,43 @@ def ssh_replay(
             out.flush()
 
 
-def _verified_principal(manifest: Manifest, token: str) -> Principal:
-    """The principal of a valid, unrevoked gateway token (OIDC tokens have no issue record)."""
+def _verified_principal(manifest: Manifest, token: str) -> tuple[Principal, Engine]:
+    """The principal of a valid, unrevoked token of the gateway or of a trusted OIDC issuer."""
+    from lockgate.identity.oidc import OIDCVerifier
     from lockgate.identity.tokens import GatewayTokenAuthority
-    from lockgate.identity.verifier import GatewayTokenVerifier, unverified_claims
+    from lockgate.identity.verifier import (
+        GatewayTokenVerifier,
+        IdentityVerifier,
+        TokenVerifier,
+    )
     from lockgate.store import open_engine
 
-    issuer = manifest.identity.gateway_tokens.issuer
     try:
-        if unverified_claims(token.strip()).get("iss") != issuer:
-            fail(
-                "SSH certificates are issued for Lockgate tokens only",
-                "get one with `lockgate token issue` (identity-provider tokens can log in "
-                "with the token as the SSH password)",
-            )
-        authority = GatewayTokenAuthority(manifest, open_engine(manifest.state_url))
-        return asyncio.run(GatewayTokenVerifier(authority).verify(token))
+        engine = open_engine(manifest.state_url)
+        verifiers: list[TokenVerifier] = [
+            GatewayTokenVerifier(GatewayTokenAuthority(manifest, engine))
+        ]
+        verifiers += [OIDCVerifier(issuer, engine) for issuer in manifest.identity.oidc]
+        return asyncio.run(IdentityVerifier(verifiers).verify(token.strip())), engine
     except LockgateError as exc:
         fail(exc.message, exc.hint)
+
+
+def _stored_login_token(manifest: Manifest, issuer: str | None) -> str:
+    """The ID token `lockgate login` keeps (refreshed if it expired)."""
+    from lockgate.identity import credentials
+    from lockgate.secrets.refs import resolve_secret
+
+    try:
+        _, token = credentials.current_token(
+            issuer, resolve_secret=lambda ref: resolve_secret(ref, manifest, None)
+        )
+    except LockgateError as exc:
+        fail(
+            f"no token given, and no usable login: {exc.message}",
+            "pass --token TOKEN, set LOCKGATE_TOKEN, or run `lockgate login` first",
+        )
+    return token
 
 
 def _user_key(
@@ -197,8 +218,10 @@ def _user_key(
 @click.option(
     "--token",
     envvar="LOCKGATE_TOKEN",
-    help="The Lockgate token to vouch for you (default: $LOCKGATE_TOKEN).",
+    help="The token that vouches for you: a Lockgate token or an identity provider's "
+    "(default: $LOCKGATE_TOKEN, else the login kept by `lockgate login`).",
 )
+@click.option("--issuer", help="With a kept login: use this issuer's (default: the latest).")
 @click.option(
     "-o",
     "--output",
@@ -222,6 +245,7 @@ def ssh_cert(
     config_path: Path,
     resource: str,
     token: str | None,
+    issuer: str | None,
     output: Path | None,
     public_key: Path | None,
     ttl: str,
@@ -235,14 +259,13 @@ def ssh_cert(
 
     ssh -i lockgate-web -o CertificateFile=lockgate-web-cert.pub -p PORT web@GATEWAY cmd
     """
-    from lockgate.identity.ssh_ca import issue_user_certificate, load_or_create_ca
+    from lockgate.identity.ssh_ca import (
+        issue_user_certificate,
+        load_or_create_ca,
+        record_outside_certificate,
+    )
     from lockgate.policy.access import AccessPolicy
 
-    if not token:
-        fail(
-            "no token given",
-            "pass --token TOKEN or set LOCKGATE_TOKEN (from `lockgate token issue`)",
-        )
     try:
         lifetime = timedelta(seconds=parse_duration(ttl))
     except ValueError as exc:
@@ -253,7 +276,9 @@ def ssh_cert(
             f"resource '{resource}' is not an SSH resource on this gateway",
             "name a resource with type: ssh from the manifest",
         )
-    principal = _verified_principal(manifest, token)
+    principal, engine = _verified_principal(
+        manifest, token or _stored_login_token(manifest, issuer)
+    )
     decision = AccessPolicy(manifest).check(principal, resource)
     if not decision.allowed:
         fail(
@@ -264,15 +289,21 @@ def ssh_cert(
         ca = load_or_create_ca(manifest)
     except LockgateError as exc:
         fail(exc.message, exc.hint)
+    until = datetime.now(UTC) + lifetime
+    if principal.expires_at is not None:
+        until = min(until, principal.expires_at)
+    if principal.issuer != manifest.identity.gateway_tokens.issuer:
+        # An identity provider's token has no issue record to re-check at login: keep one.
+        try:
+            principal = record_outside_certificate(engine, principal, until)
+        except SQLAlchemyError:
+            fail("the gateway's state store is unavailable", "try again shortly")
     key, cert_path = _user_key(output, public_key, resource)
     cert = issue_user_certificate(ca, key, principal, lifetime, permit_pty=not no_pty)
     try:
         cert.write_certificate(str(cert_path))
     except OSError as exc:
         fail(f"cannot write the certificate to {cert_path} ({exc.strerror})", "pick another -o")
-    until = datetime.now(UTC) + lifetime
-    if principal.expires_at is not None:
-        until = min(until, principal.expires_at)
     key_file = None if public_key is not None else str(cert_path).removesuffix("-cert.pub")
     if as_json:
         print_json(

@@ -1,31 +1,39 @@
 """The gateway's SSH user CA: short-lived OpenSSH certificates standing in for a token.
 
-`lockgate ssh-cert` verifies a gateway token and signs the caller's public key with the CA
-key kept in the state folder (Ed25519, mode 0600). The certificate names the token's subject
-as its only principal and `SUBJECT JTI` as its key id, and expires with the token or
-sooner. It carries no copy of the groups: when a client logs in with it, the gateway looks
-the token up again by its jti, so a revoked token or subject, or changed groups, take effect
-at the next login rather than when the certificate expires.
+`lockgate ssh-cert` verifies a token and signs the caller's public key with the CA key kept
+in the state folder (Ed25519, mode 0600). The certificate names the token's subject as its
+only principal and `SUBJECT ID` as its key id, and expires with the token or sooner. It
+carries no copy of the groups: when a client logs in with it, the gateway looks the identity
+up again by that id, so a revocation takes effect at the next login (and ends live sessions)
+rather than when the certificate expires.
+
+- A gateway token: ID is the token's jti; groups and scopes come from its `issued_tokens` row.
+- An identity provider's (OIDC) token has no row there: `record_outside_certificate` keeps
+  one in `ssh_certificates` (issuer, subject, the token's jti, groups as verified when the
+  certificate was issued) under a new ID, checked against the revocation list at login.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncssh
 from asyncssh.public_key import SSHOpenSSHCertificate, decode_ssh_certificate
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from lockgate.config.model import Manifest
 from lockgate.errors import AuthFailed, LockgateError
 from lockgate.identity.revocation import find_revocation
-from lockgate.identity.tokens import iso, lookup_token
+from lockgate.identity.tables import ssh_certificates
+from lockgate.identity.tokens import iso, lookup_token, utc
 from lockgate.keyfiles import check_owner_only, create_private_file
-from lockgate.model import Principal
+from lockgate.model import Principal, PrincipalKind
 
 CA_KEY_FILE = "ssh-user-ca"
 # Certificates start a minute early so that a client clock slightly behind is no problem.
@@ -145,19 +153,89 @@ def rejection_reason(cert: SSHOpenSSHCertificate, ca_public: asyncssh.SSHKey) ->
     return "the SSH certificate was not accepted"
 
 
+def record_outside_certificate(
+    engine: Engine, principal: Principal, valid_before: datetime
+) -> Principal:
+    """Keep what a certificate for an outside (OIDC) identity stands for.
+
+    Returns the principal to certify: its `token_id` is the record's id, which goes into the
+    certificate's key id; the record keeps the token's own jti for revocation checks.
+    """
+    cert_id = "cert-" + secrets.token_hex(12)
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        conn.execute(
+            ssh_certificates.insert().values(
+                id=cert_id,
+                issuer=principal.issuer,
+                subject=principal.subject,
+                token_jti=principal.token_id,
+                groups=json.dumps(sorted(principal.groups)),
+                scopes=json.dumps(sorted(principal.scopes))
+                if principal.scopes is not None
+                else None,
+                kind=principal.kind.value,
+                issued_at=now,
+                expires_at=valid_before,
+            )
+        )
+    return replace(principal, token_id=cert_id, expires_at=valid_before)
+
+
+def _outside_principal(engine: Engine, facts: CertificateFacts) -> Principal | None:
+    """The OIDC identity behind a certificate, re-checked; None if no record names it."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(ssh_certificates).where(ssh_certificates.c.id == facts.jti)
+        ).first()
+    if row is None:
+        return None
+    m = row._mapping
+    if m["subject"] != facts.subject:
+        return None
+    issuer, jti = m["issuer"], m["token_jti"]
+    revocation = find_revocation(engine, issuer, facts.subject, jti)
+    if revocation is not None:
+        what = "its token" if revocation.jti is not None else f"identity '{facts.subject}'"
+        raise AuthFailed(
+            f"{what} was revoked at {iso(revocation.revoked_at)}",
+            hint="ask an admin to restore it",
+        )
+    expires = min(utc(m["expires_at"]), facts.valid_before)
+    if expires <= datetime.now(UTC):
+        raise AuthFailed(
+            f"the token behind the SSH certificate expired at {iso(expires)}", hint=_NEW_CERT_HINT
+        )
+    scopes = json.loads(m["scopes"]) if m["scopes"] is not None else None
+    return Principal(
+        subject=facts.subject,
+        groups=frozenset(json.loads(m["groups"])),
+        kind=PrincipalKind(m["kind"]),
+        issuer=issuer,
+        token_id=jti,
+        expires_at=expires,
+        scopes=frozenset(scopes) if scopes is not None else None,
+    )
+
+
 def principal_for_certificate(
     engine: Engine, issuer: str, cert: SSHOpenSSHCertificate
 ) -> Principal:
     """Re-verify the identity behind a CA-signed, in-date certificate; raises AuthFailed.
 
     The token it was issued for must still be known and unrevoked, its subject must not be
-    on the revocation list, and groups and scopes come from the token's issue record.
+    on the revocation list, and groups and scopes come from the token's issue record (or,
+    for an outside identity, from the certificate's own record).
     """
     facts = certificate_facts(cert)
     if not facts.subject or not facts.jti or facts.principals != (facts.subject,):
         raise AuthFailed("the SSH certificate was not issued by Lockgate", hint=_NEW_CERT_HINT)
     try:
         record = lookup_token(engine, facts.jti)
+        if record is None:
+            outside = _outside_principal(engine, facts)
+            if outside is not None:
+                return outside
         revocation = find_revocation(engine, issuer, facts.subject, facts.jti)
     except SQLAlchemyError:
         raise AuthFailed(

@@ -43,3 +43,21 @@ revoked_identities = Table(
     Index("ix_revoked_identities_subject", "subject"),
     Index("ix_revoked_identities_jti", "jti"),
 )
+
+# SSH certificates issued for identities of outside issuers (OIDC): what the gateway re-checks
+# when a client logs in with one (gateway tokens have their `issued_tokens` row instead).
+ssh_certificates = Table(
+    "ssh_certificates",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("issuer", String(255), nullable=False),
+    Column("subject", String(255), nullable=False),
+    # The OIDC token's own `jti`, when it had one (revoking it ends the certificate too).
+    Column("token_jti", String(255), nullable=True),
+    Column("groups", Text, nullable=False),
+    Column("scopes", Text, nullable=True),
+    Column("kind", String(16), nullable=False),
+    Column("issued_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Index("ix_ssh_certificates_expires_at", "expires_at"),
+)

@@ -19,16 +19,19 @@ from lockgate.identity.ssh_ca import (
     issue_user_certificate,
     load_or_create_ca,
     principal_for_certificate,
+    record_outside_certificate,
     rejection_reason,
 )
+from lockgate.identity.tables import ssh_certificates
 from lockgate.identity.tokens import GatewayTokenAuthority
 from lockgate.identity.verifier import GatewayTokenVerifier
-from lockgate.model import Principal
+from lockgate.model import Principal, PrincipalKind
 
 
 @pytest.fixture(autouse=True)
 def _tables(engine: Engine) -> None:
     ensure_tables(engine)
+    ssh_certificates.create(engine, checkfirst=True)
 
 
 async def _certify(
@@ -141,3 +144,27 @@ def test_no_pty_leaves_permit_pty_out(manifest: Manifest) -> None:
     decoded = decode_user_certificate(cert.public_data)
     assert decoded is not None
     assert set(decoded.options) == set(_FORWARDING)
+
+
+def test_an_oidc_identity_is_re_checked_from_the_certificate_record(
+    manifest: Manifest, engine: Engine
+) -> None:
+    issuer = "https://idp.example"
+    who = Principal(
+        "olga", frozenset({"ops"}), PrincipalKind.HUMAN, issuer=issuer, token_id="idp-jti"
+    )
+    until = datetime.now(UTC) + timedelta(minutes=10)
+    certified = record_outside_certificate(engine, who, until)
+    assert certified.token_id is not None and certified.token_id.startswith("cert-")
+    user = asyncssh.generate_private_key("ssh-ed25519")
+    cert = issue_user_certificate(load_or_create_ca(manifest), user, certified, timedelta(hours=1))
+    decoded = decode_user_certificate(cert.public_data)
+    assert decoded is not None
+    back = principal_for_certificate(engine, "lockgate", decoded)
+    # The token's own issuer and jti come back, so revocation and live checks see them.
+    assert (back.subject, back.issuer, back.token_id) == ("olga", issuer, "idp-jti")
+    assert (back.groups, back.kind) == (frozenset({"ops"}), PrincipalKind.HUMAN)
+    assert back.expires_at is not None and back.expires_at <= until
+    revoke_identity(engine, issuer, jti="idp-jti")
+    with pytest.raises(AuthFailed, match="its token was revoked"):
+        principal_for_certificate(engine, "lockgate", decoded)
