@@ -40,12 +40,19 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 def open_engine(url: str, *, create: bool = True) -> Engine:
     """Open the state store at `url`, creating the SQLite file's folder and the tables."""
     if url.startswith("sqlite:///") and not url.endswith(":memory:"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, future=True)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     if create:
-        for mod in _TABLE_MODULES:
-            importlib.import_module(mod)
-        metadata.create_all(engine)
+        load_tables()
+        from lockgate.schema import create_tables
+
+        create_tables(engine)
     return engine
+
+
+def load_tables() -> None:
+    """Import every module that declares tables on `metadata`."""
+    for mod in _TABLE_MODULES:
+        importlib.import_module(mod)

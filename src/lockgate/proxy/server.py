@@ -29,6 +29,7 @@ from lockgate.proxy.endpoint import Endpoint
 from lockgate.proxy.postgres import CancelRegistry, PostgresEngine
 from lockgate.proxy.ssh import SshEngine, ensure_host_key
 from lockgate.proxy.tls import listener_context
+from lockgate import schema
 from lockgate.store import open_engine
 from lockgate.tasks import running, spawn
 
@@ -211,8 +212,12 @@ def run_gateway(manifest: Manifest, workers: int | None = None) -> int:
     if n == 0:
         n = os.cpu_count() or 1
     audit_recorder.check_null_sink(manifest.audit.benchmark_null_sink)
-    engine = open_engine(manifest.state_url)  # creates the tables before workers start
-    engine.dispose()
+    engine = open_engine(manifest.state_url, create=False)
+    try:
+        schema.check(engine)  # an out-of-date store: `lockgate migrate` first
+        schema.create_tables(engine)  # creates the tables before workers start
+    finally:
+        engine.dispose()
     for listener in manifest.listeners:
         if isinstance(listener, SshListener):
             ensure_host_key(listener, manifest)  # generated once, before the workers fork
