@@ -1,9 +1,10 @@
 /* Row-rewrite kernel of masking: the C twin of lockgate/masking/rowkernel.py.
  *
  * rewrite(data, start, stop, ops) -> (bytes, [masked cells per op])
+ * joined(data, start, stop, index) -> (field `index` of each row, b"\0" between, rows)
  *
  * `data[start:stop]` is a run of PostgreSQL DataRow messages. `ops` is a tuple of
- * (field index, op, cell, keep_last, key, hash_chars, call), one per planned column, in
+ * (field index, op, cell, keep_last, key, hash_chars, call, table), one per planned column, in
  * field order (see rowkernel.py for what each op does). Only the fields up to the last
  * planned one are walked; untouched rows are copied as they are. Redact and null cells
  * are fixed bytes; partial and hash run here for ASCII values (HMAC-SHA256 with the
@@ -17,7 +18,7 @@
 #include <stdint.h>
 #include <string.h>
 
-enum { OP_REDACT = 1, OP_NULL = 2, OP_PARTIAL = 3, OP_HASH = 4, OP_CALL = 5 };
+enum { OP_REDACT = 1, OP_NULL = 2, OP_PARTIAL = 3, OP_HASH = 4, OP_CALL = 5, OP_TABLE = 6 };
 
 typedef struct {
     Py_ssize_t index;
@@ -27,6 +28,7 @@ typedef struct {
     long keep_last;
     int hash_chars;
     PyObject *call;
+    PyObject *table;
     SHA256_CTX inner, outer;
     Py_ssize_t count;
 } CellOp;
@@ -210,10 +212,15 @@ static PyObject *rewrite(PyObject *self, PyObject *args) {
         const char *cell, *key;
         Py_ssize_t cell_len, key_len;
         CellOp *op = &ops[k];
-        if (!PyArg_ParseTuple(t, "niy#ly#iO", &op->index, &op->op, &cell, &cell_len,
-                              &op->keep_last, &key, &key_len, &op->hash_chars, &op->call))
+        if (!PyArg_ParseTuple(t, "niy#ly#iOO", &op->index, &op->op, &cell, &cell_len,
+                              &op->keep_last, &key, &key_len, &op->hash_chars, &op->call,
+                              &op->table))
             goto done;
-        if (op->op < OP_REDACT || op->op > OP_CALL || (k && op->index <= ops[k - 1].index) ||
+        if (op->op == OP_TABLE && !PyList_Check(op->table)) {
+            PyErr_SetString(PyExc_TypeError, "a table op needs a list");
+            goto done;
+        }
+        if (op->op < OP_REDACT || op->op > OP_TABLE || (k && op->index <= ops[k - 1].index) ||
             op->index < 0 || op->hash_chars < 0 || op->hash_chars > 64) {
             PyErr_SetString(PyExc_ValueError, "bad cell op");
             goto done;
@@ -224,8 +231,8 @@ static PyObject *rewrite(PyObject *self, PyObject *args) {
     }
     const unsigned char *data = view.buf;
     if (out_reserve(&out, stop - start + 64) < 0) goto done;
-    Py_ssize_t pos = start;
-    while (pos < stop) {
+    Py_ssize_t pos = start, row = 0;
+    for (; pos < stop; row++) {
         if (stop - pos < 7 || data[pos] != 'D') {
             PyErr_SetString(PyExc_ValueError, "not a DataRow");
             goto done;
@@ -293,6 +300,20 @@ static PyObject *rewrite(PyObject *self, PyObject *args) {
                 new_cell = (const unsigned char *)op->cell;
                 new_len = op->cell_len;
                 op->count++;
+            } else if (op_kind == OP_TABLE) {
+                if (row >= PyList_GET_SIZE(op->table)) {
+                    PyErr_SetString(PyExc_ValueError, "a table op has fewer cells than rows");
+                    goto done;
+                }
+                PyObject *got = PyList_GET_ITEM(op->table, row);
+                if (got != Py_None) {
+                    if (!PyBytes_Check(got)) {
+                        PyErr_SetString(PyExc_TypeError, "a table op's cells must be bytes");
+                        goto done;
+                    }
+                    new_cell = (const unsigned char *)PyBytes_AS_STRING(got);
+                    new_len = PyBytes_GET_SIZE(got);
+                }
             } else if (op_kind == OP_NULL) {
                 new_cell = (const unsigned char *)"\xff\xff\xff\xff";
                 new_len = 4;
@@ -365,8 +386,61 @@ done:
     return result;
 }
 
+static PyObject *joined(PyObject *self, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t start, stop, index;
+    if (!PyArg_ParseTuple(args, "y*nnn", &view, &start, &stop, &index)) return NULL;
+    PyObject *result = NULL;
+    Out out = {NULL, 0, 0};
+    Py_ssize_t rows = 0;
+    const unsigned char *data = view.buf;
+    if (start < 0 || stop > view.len || start > stop || index < 0) {
+        PyErr_SetString(PyExc_ValueError, "start/stop/index outside the buffer");
+        goto done;
+    }
+    if (out_reserve(&out, (stop - start) / 2 + 64) < 0) goto done;
+    for (Py_ssize_t pos = start; pos < stop; rows++) {
+        if (stop - pos < 7 || data[pos] != 'D') {
+            PyErr_SetString(PyExc_ValueError, "not a DataRow");
+            goto done;
+        }
+        Py_ssize_t end = pos + 1 + (Py_ssize_t)be32(data + pos + 1);
+        Py_ssize_t nfields = (int16_t)((data[pos + 5] << 8) | data[pos + 6]);
+        if (end - pos < 7 || end > stop || index >= nfields) {
+            malformed();
+            goto done;
+        }
+        Py_ssize_t p = pos + 7;
+        for (Py_ssize_t field = 0;; field++) {
+            if (end - p < 4) {
+                malformed();
+                goto done;
+            }
+            int32_t n = be32(data + p);
+            if (n > 0 && end - p - 4 < n) {
+                malformed();
+                goto done;
+            }
+            if (field == index) {
+                if ((rows && out_put(&out, "\0", 1) < 0) ||
+                    (n > 0 && out_put(&out, data + p + 4, n) < 0))
+                    goto done;
+                break;
+            }
+            p += 4 + (n > 0 ? n : 0);
+        }
+        pos = end;
+    }
+    result = Py_BuildValue("y#n", out.p ? out.p : "", out.len, rows);
+done:
+    PyMem_Free(out.p);
+    PyBuffer_Release(&view);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"rewrite", rewrite, METH_VARARGS, "Rewrite a run of DataRows (see rowkernel.py)."},
+    {"joined", joined, METH_VARARGS, "Field `index` of each DataRow, b'\\0' between."},
     {NULL, NULL, 0, NULL},
 };
 

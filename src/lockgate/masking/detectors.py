@@ -137,7 +137,10 @@ BUILTIN: dict[str, Detector] = {
             _card_ok,
             _DIGITS,
         ),
-        Detector("ssn", re.compile(r"(?<![\d-])\d{3}-\d{2}-\d{4}(?![\d-])"), ssn_ok, _DIGITS),
+        # Every SSN the pattern takes has a '-': rarer in text than a digit.
+        Detector(
+            "ssn", re.compile(r"(?<![\d-])\d{3}-\d{2}-\d{4}(?![\d-])"), ssn_ok, frozenset("-")
+        ),
         Detector(
             "iban",
             re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b"),

@@ -21,12 +21,15 @@ column's type would not parse the masked text, its RowDescription entry becomes 
 
 from __future__ import annotations
 
+import bisect
+import re
 import struct
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final
 
+from lockgate.masking import detectors as det
 from lockgate.masking import rowkernel as rk
 from lockgate.masking.policy import MaskPolicy
 from lockgate.masking.strategies import Strategy
@@ -98,8 +101,10 @@ class MaskPlan:
     text_like: frozenset[int] = TEXT_LIKE
     # None: `rowkernel.KERNEL` (the compiled kernel when it is built).
     kernel: rk.Kernel | None = None
+    joiner: rk.Joiner | None = None
     _ops: tuple[rk.CellOp, ...] | None = None
     _rules: dict[int, str] = field(default_factory=dict)
+    _scans: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.last = max((i for i, a in enumerate(self.actions) if a is not None), default=-1)
@@ -112,23 +117,84 @@ class MaskPlan:
         for i, a in enumerate(self.actions):
             fmt = formats[0] if len(formats) == 1 else (formats[i] if i < len(formats) else 0)
             acts.append(None if a is None else replace(a, fmt=fmt))
-        return MaskPlan(acts, self.policy, text_like=self.text_like, kernel=self.kernel)
+        return MaskPlan(
+            acts, self.policy, text_like=self.text_like, kernel=self.kernel, joiner=self.joiner
+        )
 
     def rewrite_rows(self, buf: bytes | bytearray | memoryview, start: int, stop: int) -> bytes:
         """DataRow messages in `buf[start:stop]`, planned cells masked."""
         if self._ops is None:
             self._ops = self._cell_ops()
-        rows, masked = (self.kernel or rk.KERNEL)(buf, start, stop, self._ops)
+        ops = self._ops
         counts = self.counts
-        for op, n in zip(self._ops, masked, strict=True):
+        if self._scans:
+            # Content detection: one scan of the whole run per column, cells decoded only
+            # where a detector's pattern hit.
+            chunk = list(ops)
+            for k in self._scans:
+                op = chunk[k]
+                scanned = self._scan(buf, start, stop, op[0], op[6])
+                if scanned is None:
+                    chunk[k] = (op[0], rk.CALL, *op[2:7], None)  # cell by cell after all
+                    continue
+                table, found = scanned
+                chunk[k] = (*op[:7], table)
+                if found:
+                    rule = self._rules[op[0]]
+                    counts[rule] = counts.get(rule, 0) + found
+            ops = tuple(chunk)
+        rows, masked = (self.kernel or rk.KERNEL)(buf, start, stop, ops)
+        for op, n in zip(ops, masked, strict=True):
             if n:
                 rule = self._rules[op[0]]
                 counts[rule] = counts.get(rule, 0) + n
         return rows
 
+    def _scan(
+        self,
+        buf: bytes | bytearray | memoryview,
+        start: int,
+        stop: int,
+        index: int,
+        call: rk.CellCall,
+    ) -> tuple[list[bytes | None], int] | None:
+        """(new cell or None per row, findings) for the detection column `index`.
+
+        The values are joined with NUL (PostgreSQL text never holds one, and no built-in
+        pattern matches it or differs next to it from a string's edge), each detector's
+        pattern runs once over the whole text, and only the cells a match touches are
+        scanned for real (checksums included) by `call`. None when a value held a NUL
+        after all: then every cell goes to `call`.
+        """
+        blob, rows = (self.joiner or rk.JOINED)(buf, start, stop, index)
+        cells = blob.split(b"\0")
+        if len(cells) != rows:
+            return None
+        text = blob.decode("utf-8", "replace")
+        touched: set[int] = set()
+        seps: list[int] | None = None
+        for d in self.policy.detectors:
+            if d.needs and not any(c in text for c in d.needs):
+                continue
+            for mt in d.pattern.finditer(text):
+                if seps is None:
+                    seps = [m.start() for m in _NUL.finditer(text)]
+                first = bisect.bisect_right(seps, mt.start())
+                last = bisect.bisect_right(seps, max(mt.end() - 1, mt.start()))
+                touched.update(range(first, last + 1))
+        table: list[bytes | None] = [None] * rows
+        found = 0
+        for k in touched:
+            table[k], n = call(cells[k])
+            found += n
+        return table, found
+
     def _cell_ops(self) -> tuple[rk.CellOp, ...]:
         """The kernel's op per planned column (strategy chosen once, not per cell)."""
         ops: list[rk.CellOp] = []
+        # Run-wide scans stand in for per-cell calls when only built-in detectors run
+        # (a custom pattern may anchor on the start or end of a value).
+        scan = all(det.BUILTIN.get(d.name) is d for d in self.policy.detectors)
         for i, a in enumerate(self.actions):
             if a is None:
                 continue
@@ -136,7 +202,10 @@ class MaskPlan:
             call = _cached(self._cell, a)
             s = a.strategy
             op, cell = rk.CALL, b""
-            if a.kind != DETECT:
+            if a.kind == DETECT and scan:
+                op = rk.TABLE
+                self._scans.append(len(ops))
+            elif a.kind != DETECT:
                 textual = (a.fmt == 0 or a.type_oid in TEXT_LIKE) and not (
                     a.fmt == 1 and a.type_oid == JSONB_OID
                 )
@@ -146,7 +215,8 @@ class MaskPlan:
                     op = rk.NULL
                 elif textual:
                     op = rk.PARTIAL if s.name == "partial" else rk.HASH
-            ops.append((i, op, cell, s.keep_last, s.key, min(max(s.hash_chars, 0), 64), call))
+            keep, chars = s.keep_last, min(max(s.hash_chars, 0), 64)
+            ops.append((i, op, cell, keep, s.key, chars, call, [] if op == rk.TABLE else None))
         return tuple(ops)
 
     def _cell(self, a: CellAction, raw: bytes) -> tuple[bytes | None, int]:
@@ -169,6 +239,7 @@ class MaskPlan:
 
 
 _CACHE_LIMIT: Final = 4096
+_NUL: Final = re.compile("\x00")
 _NULL_CELL: Final = b"\xff\xff\xff\xff"
 
 

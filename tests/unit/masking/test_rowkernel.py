@@ -52,11 +52,11 @@ def _called(raw: bytes) -> tuple[bytes | None, int]:
 
 KEY = b"secret key"
 OPS: tuple[rk.CellOp, ...] = (
-    (1, rk.PARTIAL, b"", 4, b"", 16, _called),
-    (2, rk.HASH, b"", 0, KEY, 16, _called),
-    (3, rk.REDACT, b"\x00\x00\x00\x04****", 0, b"", 16, _called),
-    (4, rk.NULL, b"", 0, b"", 16, _called),
-    (6, rk.CALL, b"", 0, b"", 16, _called),
+    (1, rk.PARTIAL, b"", 4, b"", 16, _called, None),
+    (2, rk.HASH, b"", 0, KEY, 16, _called, None),
+    (3, rk.REDACT, b"\x00\x00\x00\x04****", 0, b"", 16, _called, None),
+    (4, rk.NULL, b"", 0, b"", 16, _called, None),
+    (6, rk.CALL, b"", 0, b"", 16, _called, None),
 )
 
 
@@ -85,7 +85,7 @@ def test_untouched_rows_are_copied_and_malformed_rows_refused(kernel: rk.Kernel)
     cut = bytearray(_row(b"1", b"2345"))
     struct.pack_into("!i", cut, 11, 99)  # the second field claims more than the row holds
     with pytest.raises(ValueError):
-        kernel(bytes(cut), 0, len(cut), ((1, rk.HASH, b"", 0, KEY, 16, _called),))
+        kernel(bytes(cut), 0, len(cut), ((1, rk.HASH, b"", 0, KEY, 16, _called, None),))
 
 
 values = st.one_of(st.none(), st.binary(max_size=40), st.text(max_size=20).map(str.encode))
@@ -97,8 +97,8 @@ def test_compiled_matches_python(rows: list[tuple[bytes | None, ...]], keep: int
     if rk.COMPILED is None:
         pytest.skip("the compiled kernel is not built")
     ops: tuple[rk.CellOp, ...] = (
-        (0, rk.PARTIAL, b"", keep, b"", 16, _called),
-        (2, rk.HASH, b"", 0, KEY * keep, keep * 8, _called),
+        (0, rk.PARTIAL, b"", keep, b"", 16, _called, None),
+        (2, rk.HASH, b"", 0, KEY * keep, keep * 8, _called, None),
     )
     data = b"".join(_row(*r) for r in rows)
     assert rk.COMPILED(data, 0, len(data), ops) == rk.PYTHON(data, 0, len(data), ops)
@@ -107,8 +107,19 @@ def test_compiled_matches_python(rows: list[tuple[bytes | None, ...]], keep: int
 @settings(max_examples=200, deadline=None)
 @given(st.text(alphabet=st.characters(max_codepoint=127), max_size=30), st.integers(0, 6))
 def test_partial_matches_the_strategy(value: str, keep: int) -> None:
-    ops: tuple[rk.CellOp, ...] = ((0, rk.PARTIAL, b"", keep, b"", 16, _called),)
+    ops: tuple[rk.CellOp, ...] = ((0, rk.PARTIAL, b"", keep, b"", 16, _called, None),)
     data = _row(value.encode())
     for kernel in [p.values[0] for p in KERNELS]:
         out, _ = kernel(data, 0, len(data), ops)  # type: ignore[operator]
         assert _cells(out) == [[partial(value, keep).encode()]]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_table_op_takes_cells_by_row(kernel: rk.Kernel) -> None:
+    rows = _row(b"a") + _row(None) + _row(b"c")
+    table: list[bytes | None] = [b"\x00\x00\x00\x01A", b"\x00\x00\x00\x01B", None]
+    out, counts = kernel(rows, 0, len(rows), ((0, rk.TABLE, b"", 0, b"", 16, _called, table),))
+    assert _cells(out) == [[b"A"], [None], [b"c"]]  # NULL stays NULL; counted by the caller
+    assert counts == [0]
+    with pytest.raises(ValueError):
+        kernel(rows, 0, len(rows), ((0, rk.TABLE, b"", 0, b"", 16, _called, table[:1]),))
