@@ -172,17 +172,22 @@ class Gate:
         return resource, self._access(principal, resource_name)
 
     def _access(self, principal: Principal, resource_name: str) -> Decision:
-        decision = self.access.check(principal, resource_name)
+        now = dt.datetime.now(dt.UTC)
+        decision = self.access.check(principal, resource_name, now)
         if not decision.allowed:
+            window = self.access.window(decision.rule)
             raise AccessDenied(
                 decision.reason
                 or f"identity '{principal.subject}' may not reach '{resource_name}'",
-                hint="ask an administrator for an access rule, or for a grant",
+                hint=f"connect again inside the window ({window.describe()})"
+                if window is not None
+                else "ask an administrator for an access rule, or for a grant",
                 rule=decision.rule,
             )
         if decision.rule in self._grant_rules:
             # One indexed query on the state store, at connection time only.
-            if self.approvals.active_grant(principal, resource_name) is None:
+            grant = self.approvals.active_grant(principal, resource_name)
+            if grant is None:
                 raise AccessDenied(
                     f"access rule '{decision.rule}' admits '{principal.subject}' to "
                     f"'{resource_name}' only with an active grant, and there is none",
@@ -190,7 +195,25 @@ class Gate:
                     "--reason TEXT, then reconnect once a reviewer approved it",
                     rule=decision.rule,
                 )
+            rule = self.approval_rules.for_grant(resource_name)
+            closed = self.outside_window(rule, now)
+            if closed is not None and rule is not None and rule.window is not None:
+                raise AccessDenied(
+                    f"grant {grant.id} for '{resource_name}' may be used only inside the "
+                    f"execution window of approval rule '{rule.name}': {closed}",
+                    hint=f"connect again inside the window ({rule.window.describe()})",
+                    rule=decision.rule,
+                )
         return decision
+
+    def outside_window(
+        self, rule: ApprovalRule | None, now: dt.datetime | None = None
+    ) -> str | None:
+        """None inside `rule`'s execution window (or without one), else why it is closed."""
+        if rule is None or rule.window is None:
+            return None
+        now = now or dt.datetime.now(dt.UTC)
+        return None if rule.window.contains(now) else rule.window.closed_message(now)
 
     async def _grant_id(self, principal: Principal, resource_name: str) -> str | None:
         decision = self.access.check(principal, resource_name)
@@ -241,10 +264,31 @@ class Gate:
         """Live sessions whose token or grant expired or was revoked, or open too long."""
         verdicts = await self.live_sessions.verdicts(sessions)
         ending = {v.session.id for v in verdicts}
+        if self.access.windowed:
+            verdicts += self._windows_closed([s for s in sessions if s.id not in ending])
+            ending = {v.session.id for v in verdicts}
         granted = [s for s in sessions if s.grant_id is not None and s.id not in ending]
         if granted:
             verdicts += await asyncio.to_thread(self._grants_ended, granted)
         return verdicts
+
+    def _windows_closed(self, sessions: list[Session]) -> list[SessionVerdict]:
+        """Live sessions whose access rule's time window closed (no other rule admits them)."""
+        now = dt.datetime.now(dt.UTC)
+        out = []
+        for s in sessions:
+            try:
+                decision = self.access.check(s.principal, s.resource, now)
+            except UnknownResource:
+                continue
+            window = self.access.window(decision.rule)
+            if not decision.allowed and window is not None:
+                why = (
+                    f"the time window of access rule '{decision.rule}' closed "
+                    f"({window.closed_message(now)})"
+                )
+                out.append(SessionVerdict(s, SessionEnd.WINDOW_CLOSED, why))
+        return out
 
     def _grants_ended(self, sessions: list[Session]) -> list[SessionVerdict]:
         now = dt.datetime.now(dt.UTC)
@@ -253,6 +297,12 @@ class Gate:
         for s in sessions:
             grant = found.get(s.grant_id or "")
             if grant is not None and grant.active(now):
+                closed = self.outside_window(self.approval_rules.for_grant(s.resource), now)
+                if closed is not None:
+                    why = (
+                        f"its access grant {grant.id} may be used only inside its window: {closed}"
+                    )
+                    out.append(SessionVerdict(s, SessionEnd.WINDOW_CLOSED, why))
                 continue
             if grant is None:
                 why = "the session's access grant had ended"
@@ -325,6 +375,9 @@ class Gate:
         if verdict.decision.kind is DecisionKind.REVIEW:
             rule = self.approval_rules.for_statement(session.resource, verdict.decision.rule)
             if rule is not None:
+                closed = self.outside_window(rule)
+                if closed is not None and (approval is None or approval.approved):
+                    self._outside_window(command, verdict, rule, closed, approval)
                 if approval is None:
                     raise HeldForReview(command, verdict, rule)
                 return self._reviewed(command, verdict, approval, analysis)
@@ -336,6 +389,37 @@ class Gate:
         if watch.action is DecisionKind.REVIEW:
             reviewers = self.approval_rules.for_statement(session.resource, watch.rule)
         return Admission(command, analysis, watch, reviewers)
+
+    def _outside_window(
+        self,
+        command: Command,
+        verdict: Verdict,
+        rule: ApprovalRule,
+        closed: str,
+        approval: ApprovalOutcome | None,
+    ) -> NoReturn:
+        """Refuse a statement whose approval rule's execution window is closed (recorded)."""
+        assert rule.window is not None
+        if approval is None:
+            what = "so it is not held for review now"
+        else:
+            what = f"request {approval.request_id} was approved after it closed"
+        message = (
+            f"statements reviewed under approval rule '{rule.name}' may run only inside its "
+            f"execution window ({closed}); {what}"
+        )
+        decision = Decision(
+            DecisionKind.DENY, verdict.decision.rule, f"{verdict.decision.reason} [{message}]"
+        )
+        self.audit.command_refused(
+            replace(command, decision=decision),
+            ResultSummary(status="outside the execution window", error_message=message),
+        )
+        raise ApprovalRejected(
+            message,
+            hint=f"run it again inside the window ({rule.window.describe()})",
+            rule=verdict.decision.rule,
+        )
 
     def _reviewed(
         self, command: Command, verdict: Verdict, outcome: ApprovalOutcome, analysis: Analysis

@@ -51,6 +51,8 @@ class SessionEnd(enum.StrEnum):
     MAX_SESSION = "max_session"
     # The just-in-time grant the session was admitted under expired or was revoked.
     GRANT_ENDED = "grant_ended"
+    # The time window of its access rule (or of its grant's approval rule) closed.
+    WINDOW_CLOSED = "window_closed"
 
 
 @dataclass(frozen=True, slots=True)

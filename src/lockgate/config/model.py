@@ -25,6 +25,7 @@ from lockgate.config.common import (
 from lockgate.config.common import parse_duration as parse_duration  # re-exported
 from lockgate.config.sinks import Address, SinkList
 from lockgate.config.ssh import SshListener, SshResource, SshSettings
+from lockgate.config.windows import TimeWindow
 
 
 class TLSListener(Strict):
@@ -137,6 +138,9 @@ class AccessRule(Strict):
     # Only principals holding an active just-in-time grant for the resource get in
     # (`lockgate request RESOURCE --for 30m`, approved under `approvals.rules`).
     requires_grant: bool = False
+    # Only inside this time window (days, hours, time zone): at connect, and live
+    # sessions end when it closes.
+    when: TimeWindow | None = None
 
 
 class GatewayTokens(Strict):
@@ -535,6 +539,8 @@ class ApprovalRule(Strict):
     expires: str = "15m"
     # Longest grant an access request may ask for.
     max_grant: str = "8h"
+    # Execution window: approved statements run, and grants are used, only inside it.
+    window: TimeWindow | None = None
 
     @field_validator("expires", "max_grant")
     @classmethod

@@ -2,13 +2,17 @@
 
 Pure and precomputed: the manifest's rules are indexed by resource once, so a check is a
 dictionary lookup plus a few set operations. The first matching rule (in manifest order) wins.
+A rule with a time window (`when`) matches only while its window is open; when the only
+rules that match are closed, the refusal names the first one's window.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from lockgate.config.model import AccessRule, Manifest
+from lockgate.config.windows import TimeWindow
 from lockgate.errors import UnknownResource
 from lockgate.model import Decision, DecisionKind, Principal
 
@@ -22,6 +26,7 @@ class _CompiledRule:
     any_subject: bool
     subjects: frozenset[str]
     groups: frozenset[str]
+    when: TimeWindow | None = None
 
     def matches(self, principal: Principal) -> bool:
         return (
@@ -37,6 +42,7 @@ def _compile(rule: AccessRule) -> _CompiledRule:
         any_subject=ANY in rule.subjects,
         subjects=frozenset(rule.subjects),
         groups=frozenset(rule.groups),
+        when=rule.when,
     )
 
 
@@ -56,6 +62,7 @@ class AccessPolicy:
     def __init__(self, manifest: Manifest) -> None:
         self._resources: tuple[str, ...] = tuple(r.name for r in manifest.resources)
         self._read_only = frozenset(r.name for r in manifest.access if r.read_only)
+        self._windows = {r.name: r.when for r in manifest.access if r.when is not None}
         compiled = [(rule, _compile(rule)) for rule in manifest.access]
         self._rules_for: dict[str, tuple[_CompiledRule, ...]] = {
             name: tuple(
@@ -68,7 +75,18 @@ class AccessPolicy:
     def resources(self) -> tuple[str, ...]:
         return self._resources
 
-    def check(self, principal: Principal, resource_name: str) -> Decision:
+    def window(self, rule: str) -> TimeWindow | None:
+        """The time window of access rule `rule`, if it has one."""
+        return self._windows.get(rule)
+
+    @property
+    def windowed(self) -> bool:
+        """Whether any rule has a time window (then live sessions are checked against it)."""
+        return bool(self._windows)
+
+    def check(
+        self, principal: Principal, resource_name: str, now: datetime | None = None
+    ) -> Decision:
         """Allow with the matching rule's name, or deny with a reason that says what to do."""
         rules = self._rules_for.get(resource_name)
         if rules is None:
@@ -88,9 +106,25 @@ class AccessPolicy:
                     f"`lockgate token issue --scope {resource_name}`"
                 ),
             )
+        closed: _CompiledRule | None = None
         for rule in rules:
             if rule.matches(principal):
+                if rule.when is not None:
+                    now = now or datetime.now(UTC)
+                    if not rule.when.contains(now):
+                        closed = closed or rule
+                        continue
                 return Decision(DecisionKind.ALLOW, rule=rule.name)
+        if closed is not None and closed.when is not None:
+            return Decision(
+                DecisionKind.DENY,
+                rule=closed.name,
+                reason=(
+                    f"access rule {_quoted(closed.name)} admits {_identity(principal)} to "
+                    f"resource {_quoted(resource_name)} only inside its time window: "
+                    f"{closed.when.closed_message(now or datetime.now(UTC))}"
+                ),
+            )
         return Decision(
             DecisionKind.DENY,
             rule="",

@@ -104,6 +104,10 @@ class RowGate:
             self._refuse(CommandDenied(f"{watch.message}: {seen}", rule=watch.rule))
             self.note = f"stopped at {self.rows} rows (estimated {watch.estimate}) by the rule"
             return
+        closed = gate.outside_window(adm.reviewers)
+        if closed is not None:
+            self._closed(watch.rule, adm.reviewers.name, closed, seen)
+            return
         try:
             request = await gate.hold_rows(session, adm)
         except Exception:  # no request stored: nobody can approve, the read stops
@@ -125,6 +129,11 @@ class RowGate:
             outcome = await gate.broker.wait(request)
             self.request_id = None
         at = f"{self.rows} rows (estimated {watch.estimate}), request {outcome.request_id}"
+        closed = gate.outside_window(adm.reviewers) if outcome.approved else None
+        if closed is not None:
+            approved = f"{seen}; request {outcome.request_id} was approved"
+            self._closed(watch.rule, adm.reviewers.name, closed, approved)
+            return
         if outcome.approved:
             self.state = RESUMED
             self.note = f"paused at {at} approved"
@@ -136,6 +145,18 @@ class RowGate:
                 f"{outcome.request_id} {outcome.status} ({outcome.reason})",
                 hint="the session goes on; ask a reviewer, or narrow the statement",
                 rule=watch.rule,
+            )
+        )
+
+    def _closed(self, guardrail: str, rule: str, closed: str, seen: str) -> None:
+        self.note = f"stopped at {self.rows} rows: outside the execution window"
+        self._refuse(
+            ApprovalRejected(
+                f"the statement was stopped after {self.rows} rows: {seen}, and reads "
+                f"reviewed under approval rule '{rule}' may go on only inside its execution "
+                f"window ({closed})",
+                hint="run it again inside the window, or narrow the statement",
+                rule=guardrail,
             )
         )
 

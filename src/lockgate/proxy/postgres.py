@@ -407,6 +407,7 @@ _WITHDRAWN = {
 }
 _END_HINTS = {
     SessionEnd.REVOKED: "ask an administrator to restore access",
+    SessionEnd.WINDOW_CLOSED: "connect again when the access window opens",
     SessionEnd.GRANT_ENDED: "ask for access again: lockgate request RESOURCE --for 30m "
     "--reason TEXT",
 }

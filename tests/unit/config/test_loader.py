@@ -76,7 +76,7 @@ def test_unknown_key_lists_allowed_keys() -> None:
     text = VALID.replace("    groups: [support]", "    group: [support]")
     assert errors_of(text) == [
         "m.yaml:15: access[0].group: unknown key (did you mean 'groups'? "
-        "allowed keys: name, resources, subjects, groups, read_only, requires_grant)"
+        "allowed keys: name, resources, subjects, groups, read_only, requires_grant, when)"
     ]
 
 

@@ -125,3 +125,29 @@ def test_odd_resource_names_are_shown_safely() -> None:
         POLICY.check(_who("root"), "x\n" + "y" * 500)
     assert "\n" not in info.value.message
     assert len(info.value.message) < 300
+
+
+def test_a_time_window_admits_inside_it_and_names_itself_outside() -> None:
+    from datetime import UTC, datetime
+
+    from lockgate.config.windows import TimeWindow
+
+    office = TimeWindow(days=["mon-fri"], hours="08:00-18:00", timezone="Europe/Berlin")
+    policy = AccessPolicy(
+        Manifest(
+            resources=[_resource("orders")],
+            access=[
+                AccessRule(name="office", resources=["orders"], groups=["analysts"], when=office),
+                AccessRule(name="oncall", resources=["orders"], groups=["oncall"]),
+            ],
+        )
+    )
+    monday = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+    sunday = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
+    assert policy.check(_who("ann", "analysts"), "orders", monday).rule == "office"
+    closed = policy.check(_who("ann", "analysts"), "orders", sunday)
+    assert not closed.allowed and closed.rule == "office"
+    assert "mon-fri 08:00-18:00 (Europe/Berlin); it is Sun 10:00 there" in closed.reason
+    assert policy.window("office") == office and policy.windowed
+    # Another rule that matches still admits outside the window.
+    assert policy.check(_who("bo", "analysts", "oncall"), "orders", sunday).rule == "oncall"
