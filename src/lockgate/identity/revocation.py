@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine
 from lockgate.identity.tables import issued_tokens, revoked_identities
 from lockgate.identity.tokens import utc
 from lockgate.model import Principal
+from lockgate.wakeups import REVOKED, notify
 
 ANY_ISSUER = "*"
 
@@ -65,6 +66,7 @@ def revoke_identity(
                 reason=reason or None,
             )
         )
+        notify(conn, REVOKED)  # other gateway hosts end its sessions at once
     return Revocation(issuer, subject, jti, now, reason or None)
 
 
@@ -87,6 +89,8 @@ def revoke_gateway_subject(engine: Engine, subject: str, reason: str = "") -> in
             .where(issued_tokens.c.subject == subject, issued_tokens.c.revoked_at.is_(None))
             .values(revoked_at=datetime.now(UTC), revoked_reason=reason or None)
         )
+        if result.rowcount:
+            notify(conn, REVOKED)
     return int(result.rowcount or 0)
 
 

@@ -26,6 +26,7 @@ from lockgate.errors import LockgateError
 from lockgate.identity.tables import issued_tokens
 from lockgate.keyfiles import check_owner_only, create_private_file, pem_private_key
 from lockgate.model import PrincipalKind
+from lockgate.wakeups import REVOKED, notify
 
 SIGNING_KEY_FILE = "token-signing-key.pem"
 ALGORITHM = "EdDSA"
@@ -254,6 +255,7 @@ class GatewayTokenAuthority:
                 .values(revoked_at=datetime.now(UTC), revoked_reason=reason or None)
             )
             if result.rowcount:
+                notify(conn, REVOKED)  # other gateway hosts end its sessions at once
                 return True
             found = conn.execute(
                 select(issued_tokens.c.jti).where(issued_tokens.c.jti == jti)

@@ -32,6 +32,7 @@ from lockgate.proxy.endpoint import Endpoint
 from lockgate.proxy.pg_errors import error_for
 from lockgate.proxy.pg_relay import PgRelay
 from lockgate.proxy.pg_upstream import UpstreamTarget, connect_upstream, upstream_target
+from lockgate.wakeups import REVOKED, Wakeups
 
 log = logging.getLogger("lockgate.postgres")
 
@@ -131,8 +132,10 @@ class PostgresEngine:
     async def watch_sessions(self) -> None:
         """End live sessions whose token expired or was revoked, every `check_interval`."""
         interval = self.gate.live_sessions.check_interval
+        # A shared PostgreSQL store wakes this at once when any host revokes (wakeups.py).
+        wakeups = Wakeups(self.gate.engine)
         while True:
-            await asyncio.sleep(interval)
+            await wakeups.wait(REVOKED, interval)
             if not self._enders:
                 continue
             try:

@@ -1,0 +1,223 @@
+"""Two gateway hosts on one PostgreSQL state store behind a real HAProxy, on loopback.
+
+Each gateway has its own state folder and manifest (its own audit chain); they share the
+store and the token signing key, as docs/two-hosts.md describes.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from tests.conftest import free_port
+from tests.integration.postgres.conftest import (
+    RunningGateway,
+    base_manifest,
+    local_resource,
+    start_gateway,
+)
+
+pytestmark = pytest.mark.pg
+
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+
+
+class TwoHosts:
+    def __init__(self, a: RunningGateway, b: RunningGateway, port: int, store: str) -> None:
+        self.a, self.b, self.port, self.store = a, b, port, store
+
+    def dsn(self, token: str, port: int | None = None) -> str:
+        return (
+            f"host=127.0.0.1 port={port or self.port} dbname=itdb user=alice "
+            f"password={token} sslmode=require connect_timeout=10"
+        )
+
+
+def _haproxy_config(port: int, a: int, b: int) -> str:
+    return f"""\
+global
+    maxconn 200
+
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+
+frontend lockgate_pg
+    bind 127.0.0.1:{port}
+    default_backend gateways
+
+backend gateways
+    balance roundrobin
+    server a 127.0.0.1:{a} check inter 1s
+    server b 127.0.0.1:{b} check inter 1s
+"""
+
+
+@pytest.fixture(scope="module")
+def hosts(
+    tmp_path_factory: pytest.TempPathFactory, pg_server: tuple[str, int, str], it_database: str
+) -> Iterator[TwoHosts]:
+    if not Path(HAPROXY).exists():
+        pytest.skip("haproxy is not installed (scripts/setup installs it)")
+    host, port, user = pg_server
+    store = f"lockgate_store_{secrets.token_hex(4)}"
+    admin = {"host": host, "port": port, "user": user, "dbname": "postgres", "autocommit": True}
+    with psycopg.connect(**admin) as c:
+        c.execute(f'CREATE DATABASE "{store}"')
+    with psycopg.connect(host=host, port=port, user=user, dbname=it_database) as c:
+        c.execute("CREATE TABLE IF NOT EXISTS payments (id int, note text)")
+    root = tmp_path_factory.mktemp("two-hosts")
+    started: list[Any] = []
+    try:
+        gateways = []
+        for name in ("a", "b"):
+            manifest = base_manifest(
+                free_port(), [local_resource("itdb", it_database, host, port, user)]
+            )
+            manifest["state"] = {
+                "url": f"postgresql+psycopg://{user}@{host}:{port}/{store}",
+                "dir": "state",
+            }
+            # Polling alone would end a revoked session only after 30 s: the store's
+            # LISTEN/NOTIFY wake-up must do it.
+            manifest["identity"] = {"sessions": {"check_interval": "30s"}}
+            manifest["guardrails"] = {
+                "rules": [
+                    {"name": "hold-payments", "match": {"writes": ["payments"]}, "action": "review"}
+                ]
+            }
+            manifest["approvals"] = {
+                "rules": [
+                    {"name": "payments", "guardrails": ["hold-payments"], "reviewers": ["sre"]}
+                ]
+            }
+            if name == "b":
+                # One token authority for both hosts: B gets A's signing key.
+                key = root / "a" / "state" / "token-signing-key.pem"
+                (root / "b" / "state").mkdir(parents=True)
+                shutil.copy2(key, root / "b" / "state" / key.name)
+            gw = start_gateway(root / name, manifest)
+            started.append(gw)
+            gateways.append(gw)
+            if name == "a":
+                gw.token("warm-up")  # creates the signing key B copies
+        a, b = gateways
+        hport = free_port()
+        cfg = root / "haproxy.cfg"
+        cfg.write_text(_haproxy_config(hport, a.port, b.port))
+        check = subprocess.run([HAPROXY, "-c", "-f", str(cfg)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+        proxy = subprocess.Popen(
+            [HAPROXY, "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        started.append(proxy)
+        yield TwoHosts(a, b, hport, store)
+    finally:
+        for p in reversed(started):
+            if isinstance(p, RunningGateway):
+                p.stop()
+            elif p.poll() is None:
+                p.terminate()
+                p.wait(timeout=10)
+        with psycopg.connect(**admin) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{store}" WITH (FORCE)')
+
+
+def _connect(dsn: str) -> psycopg.Connection[Any]:
+    """Connect, retrying while HAProxy's health checks come up (bounded)."""
+    for _ in range(50):
+        try:
+            return psycopg.connect(dsn, autocommit=True)
+        except psycopg.OperationalError:
+            time.sleep(0.1)
+    return psycopg.connect(dsn, autocommit=True)
+
+
+def test_clients_reach_both_hosts_and_both_chains_verify(hosts: TwoHosts) -> None:
+    tok = hosts.a.token("lb-client")
+    for i in range(6):
+        with _connect(hosts.dsn(tok)) as conn:
+            assert conn.execute("select %s::int", (str(i),)).fetchone() == (i,)
+    with psycopg.connect(f"host=127.0.0.1 user=postgres dbname={hosts.store}") as store:
+        chains = store.execute(
+            "SELECT count(DISTINCT e.chain) FROM audit_events e JOIN sessions s "
+            "ON s.id = e.session_id WHERE e.kind = 'S' AND s.subject = 'lb-client'"
+        ).fetchone()
+        # Each host writes its own chain: sessions of both hosts are there.
+        for _ in range(50):
+            if chains == (2,):
+                break
+            time.sleep(0.1)
+            chains = store.execute(
+                "SELECT count(DISTINCT e.chain) FROM audit_events e JOIN sessions s "
+                "ON s.id = e.session_id WHERE e.kind = 'S' AND s.subject = 'lb-client'"
+            ).fetchone()
+    assert chains == (2,)
+    out = hosts.a.cli("audit", "verify", "--json")
+    report = json.loads(out.stdout)
+    assert report["ok"] and len(report["chains"]) == 2
+    assert hosts.b.cli("audit", "verify").returncode == 0
+
+
+def test_revocation_on_one_host_ends_a_live_session_on_the_other(hosts: TwoHosts) -> None:
+    tok = hosts.a.token("revoked-elsewhere")
+    with _connect(hosts.dsn(tok, hosts.b.port)) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+        revoked_at = time.monotonic()  # the CLI's own start-up counts too
+        hosts.a.cli("token", "revoke", "--subject", "revoked-elsewhere", "--reason", "left")
+        ended = None
+        for _ in range(100):  # 10 s at most, far below the 30 s polling interval
+            try:
+                conn.execute("select 1")
+            except psycopg.Error:
+                ended = time.monotonic() - revoked_at
+                break
+            time.sleep(0.1)
+    assert ended is not None, "the live session on host b was not ended by the wake-up"
+    print(f"host b ended the revoked session {ended:.2f} s after `token revoke` started on a")
+    # New connections through the balancer are refused on either host.
+    for _ in range(2):
+        with pytest.raises(psycopg.OperationalError, match="revoked"):
+            psycopg.connect(hosts.dsn(tok), autocommit=True)
+
+
+def test_approval_on_one_host_releases_a_statement_held_on_the_other(hosts: TwoHosts) -> None:
+    alice = hosts.a.token("alice", ("it",))
+    bob = hosts.a.token("bob", ("sre",))
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        with _connect(hosts.dsn(alice, hosts.b.port)) as conn:
+            try:
+                conn.execute("INSERT INTO payments VALUES (7, 'two-hosts')")
+                result["done"] = time.monotonic()
+            except psycopg.Error as exc:
+                result["error"] = exc
+
+    client = threading.Thread(target=run, daemon=True)
+    client.start()
+    request = None
+    for _ in range(100):
+        listed = json.loads(hosts.a.cli("reviews", "list", "--json").stdout)
+        request = next((r for r in listed if "two-hosts" in (r["statement"] or "")), None)
+        if request is not None:
+            break
+        time.sleep(0.1)
+    assert request is not None, "host b's approval request is not visible on host a"
+    approved_at = time.monotonic()  # the CLI's own start-up counts too
+    hosts.a.cli("reviews", "approve", request["id"], "--reason", "ok", "--token", bob)
+    client.join(30)
+    assert not client.is_alive() and "error" not in result, result
+    took = result["done"] - approved_at
+    print(f"host b ran the statement {took:.2f} s after `reviews approve` started on a")
