@@ -28,6 +28,10 @@ from lockgate.errors import LockgateError
 from lockgate.model import PrincipalKind
 
 DEMO_ROWS = 500
+# Orders: enough rows that reading them all needs a reviewer (`BULK_ROWS`).
+ORDER_ROWS = 5000
+BULK_ROWS = 1000
+ADMIN, ADMIN_GROUP = "admin", "admins"
 FAKER_SEED = 6432
 DATABASE = "demo"
 RESOURCE = "demo"
@@ -286,6 +290,35 @@ def seed_customers(pg: EmbeddedPostgres, echo: Echo = _quiet) -> int:
     return count
 
 
+_SEED_ORDERS = f"""
+BEGIN;
+DROP TABLE IF EXISTS orders;
+CREATE TABLE orders (
+    id serial PRIMARY KEY,
+    customer_id int NOT NULL REFERENCES customers (id),
+    amount numeric(10, 2) NOT NULL,
+    status text NOT NULL,
+    ordered_at timestamptz NOT NULL
+);
+INSERT INTO orders (customer_id, amount, status, ordered_at)
+SELECT 1 + (g * 7919) % {DEMO_ROWS}, round((5 + (g * 104729) % 49500 / 100.0)::numeric, 2),
+       (ARRAY['paid', 'shipped', 'refunded'])[1 + g % 3],
+       timestamptz '2024-01-01' + g * interval '97 minutes'
+FROM generate_series(1, {ORDER_ROWS}) g;
+ANALYZE orders;
+COMMIT;
+"""
+
+
+def seed_orders(pg: EmbeddedPostgres, echo: Echo = _quiet) -> int:
+    """Create the `orders` table (ORDER_ROWS rows over the customers), unless present."""
+    has_table = pg.psql("SELECT to_regclass('public.orders') IS NOT NULL", DATABASE).strip()
+    if has_table != "t" or int(pg.psql("SELECT count(*) FROM orders", DATABASE)) != ORDER_ROWS:
+        echo(f"Seeding {ORDER_ROWS} orders...")
+        pg.psql(_SEED_ORDERS, DATABASE)
+    return int(pg.psql("SELECT count(*) FROM orders", DATABASE).strip())
+
+
 # --- the manifest --------------------------------------------------------------------------
 
 
@@ -368,7 +401,30 @@ def manifest_data(pg: EmbeddedPostgres, port: int) -> dict[str, Any]:
             }
         ],
         # The shipped rule set: no DDL, TRUNCATE, unbounded writes, server files, ...
-        "guardrails": {"rules": [{"use": "protect-production", "resources": [RESOURCE]}]},
+        "guardrails": {
+            "rules": [
+                {"use": "protect-production", "resources": [RESOURCE]},
+                # Bulk reads by analysts wait for a reviewer (`lockgate reviews approve`).
+                {
+                    "name": "bulk-reads",
+                    "resources": [RESOURCE],
+                    "groups": [GROUP],
+                    "match": {"kinds": ["select"], "reads": ["*"], "rows_over": BULK_ROWS},
+                    "action": "review",
+                },
+            ]
+        },
+        "approvals": {
+            "rules": [
+                {
+                    "name": "demo-reviews",
+                    "resources": [RESOURCE],
+                    "requests": ["statement"],
+                    "guardrails": ["bulk-reads"],
+                    "reviewers": [ADMIN_GROUP],
+                }
+            ]
+        },
     }
 
 
@@ -532,6 +588,13 @@ def _ready_text(
             "Guardrails (protect-production) and read-only access refuse, for example:",
             "  DROP TABLE customers;  DELETE FROM customers;  UPDATE customers SET email = NULL;",
             "",
+            f"Reads of more than {BULK_ROWS:,} rows wait for a reviewer (orders: {ORDER_ROWS:,}):",
+            "  SELECT * FROM orders;               -- held before it runs (planner estimate)",
+            "  SELECT * FROM orders WHERE id % 2 = 0;   -- paused mid-stream at 1,000 rows",
+            "Approve as the demo's admin (ID: in psql's NOTICE, or `lockgate reviews list`):",
+            f"  lockgate reviews approve ID --reason ok --as {ADMIN} --group {ADMIN_GROUP}"
+            f" -c {cfg}",
+            "",
             "Then see what was recorded:",
             f"  lockgate audit sessions -c {cfg}",
             f"  lockgate audit show <SESSION> -c {cfg}",
@@ -552,6 +615,7 @@ def run_demo(demo_dir: Path, port: int = DEFAULT_PORT, echo: Echo = print) -> No
         with _sigterm_as_interrupt():
             pg = start_embedded_postgres(demo_dir / PGDATA_NAME, echo)
             seed_customers(pg, echo)
+            seed_orders(pg, echo)
             chosen = choose_port(port)
             if chosen != port:
                 echo(f"Port {port} on {LISTEN_HOST} is taken; the gateway uses {chosen} instead.")

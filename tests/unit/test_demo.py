@@ -3,6 +3,7 @@ command as a subprocess driven with psql, the audit CLI and Ctrl-C."""
 
 from __future__ import annotations
 
+import json
 import queue
 import re
 import shlex
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -99,6 +101,16 @@ def test_embedded_server_is_seeded_once_with_500_rows(
     assert all(re.fullmatch(r"\d{3}-\d{2}-\d{4}", s) for s in ssns)
 
 
+def test_orders_are_seeded_once(embedded: demo.EmbeddedPostgres) -> None:
+    demo.seed_customers(embedded)
+    messages: list[str] = []
+    assert demo.seed_orders(embedded, messages.append) == demo.ORDER_ROWS
+    assert demo.seed_orders(embedded, messages.append) == demo.ORDER_ROWS
+    assert len([m for m in messages if "Seeding" in m]) == 1
+    joined = "SELECT count(*) FROM orders o JOIN customers c ON c.id = o.customer_id"
+    assert embedded.psql(joined, demo.DATABASE).strip() == str(demo.ORDER_ROWS)
+
+
 def test_a_partial_table_is_reseeded(embedded: demo.EmbeddedPostgres) -> None:
     demo.seed_customers(embedded)
     embedded.psql("DELETE FROM customers WHERE id > 10", demo.DATABASE)
@@ -135,8 +147,11 @@ def test_manifest_points_at_the_embedded_server(
     (rule,) = manifest.access
     assert rule.groups == ["analysts"] and rule.resources == ["demo"]
     assert rule.read_only
-    (guardrail,) = manifest.guardrails.rules
+    guardrail, bulk = manifest.guardrails.rules
     assert guardrail.use == "protect-production" and guardrail.resources == ["demo"]
+    assert bulk.match.rows_over == 1000 and bulk.action == "review"
+    (reviews,) = manifest.approvals.rules
+    assert reviews.reviewers == ["admins"] and reviews.guardrails == [bulk.name]
 
 
 def test_manifest_loads_with_the_loader(scratch: Path, embedded: demo.EmbeddedPostgres) -> None:
@@ -224,9 +239,10 @@ def test_demo_end_to_end(scratch: Path) -> None:
             if m:
                 command = m.group(1)
                 assert int(m.group(2)) == port
-        assert "lockgate audit sessions -c tmp/lockgate.yaml" in "".join(
-            _drain_until(lines, seen, "Press Ctrl-C")
-        )
+        ready = "".join(_drain_until(lines, seen, "Press Ctrl-C"))
+        assert "lockgate audit sessions -c tmp/lockgate.yaml" in ready
+        approve = re.search(r"(lockgate reviews approve ID .*)", ready)
+        assert approve is not None
 
         done = subprocess.run(
             [*shlex.split(command), "-X", "-A", "-t", "-c", "select count(*) from customers"],
@@ -237,6 +253,46 @@ def test_demo_end_to_end(scratch: Path) -> None:
         )
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == "500"
+
+        # A bulk read the planner underestimates: paused at 1,000 rows, approved as printed.
+        bulk = subprocess.Popen(
+            [
+                *shlex.split(command),
+                "-X",
+                "-A",
+                "-t",
+                "-c",
+                "SELECT * FROM orders WHERE id % 2 = 0",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            pending: list[dict[str, str]] = []
+            for _ in range(300):
+                listed = subprocess.run(
+                    [LOCKGATE, "reviews", "list", "--json", "-c", "tmp/lockgate.yaml"],
+                    cwd=workdir, capture_output=True, text=True, timeout=60, check=True,
+                )  # fmt: skip
+                pending = json.loads(listed.stdout)
+                if pending:
+                    break
+                time.sleep(0.1)
+            assert pending and pending[0]["guardrail"] == "bulk-reads"
+            printed = approve.group(1).replace(" ID ", f" {pending[0]['id']} ")
+            subprocess.run(
+                [LOCKGATE, *shlex.split(printed)[1:]],
+                cwd=workdir, capture_output=True, text=True, timeout=60, check=True,
+            )  # fmt: skip
+            out, err = bulk.communicate(timeout=60)
+        finally:
+            if bulk.poll() is None:
+                bulk.kill()
+                bulk.wait()
+        assert bulk.returncode == 0, err
+        assert len(out.splitlines()) == demo.ORDER_ROWS // 2
+        assert "held for review" in err
 
         audit = subprocess.run(
             [LOCKGATE, "audit", "sessions", "-c", "tmp/lockgate.yaml"],
