@@ -39,6 +39,8 @@ SUBJECT = "analyst"
 GROUP = "analysts"
 TOKEN_TTL_SECONDS = 8 * 3600
 DEFAULT_PORT = 6432
+# The admin console (the demo prints a token of ADMIN to sign in to it).
+DEFAULT_ADMIN_PORT = 8443
 LISTEN_HOST = "127.0.0.1"
 MANIFEST_NAME = "lockgate.yaml"
 PGDATA_NAME = "pgdata"
@@ -343,7 +345,9 @@ def choose_port(wanted: int, host: str = LISTEN_HOST, attempts: int = 100) -> in
     )
 
 
-def manifest_data(pg: EmbeddedPostgres, port: int) -> dict[str, Any]:
+def manifest_data(
+    pg: EmbeddedPostgres, port: int, admin_port: int = DEFAULT_ADMIN_PORT
+) -> dict[str, Any]:
     """The demo manifest as plain data (validated against the schema before it is written)."""
     return {
         "version": 1,
@@ -425,6 +429,11 @@ def manifest_data(pg: EmbeddedPostgres, port: int) -> dict[str, Any]:
                 }
             ]
         },
+        # The admin API and web console (self-signed TLS); group `admins` administers it.
+        "admin": {
+            "listen": f"{LISTEN_HOST}:{admin_port}",
+            "roles": {"admin": [ADMIN_GROUP]},
+        },
     }
 
 
@@ -436,9 +445,11 @@ _MANIFEST_HEADER = """\
 """
 
 
-def write_manifest(demo_dir: Path, pg: EmbeddedPostgres, port: int) -> Path:
-    """Write `demo_dir/lockgate.yaml` for the embedded server and listener port."""
-    data = manifest_data(pg, port)
+def write_manifest(
+    demo_dir: Path, pg: EmbeddedPostgres, port: int, admin_port: int = DEFAULT_ADMIN_PORT
+) -> Path:
+    """Write `demo_dir/lockgate.yaml` for the embedded server and listener ports."""
+    data = manifest_data(pg, port, admin_port)
     Manifest.model_validate(data)  # a bug here should fail now, not in the loader
     path = demo_dir / MANIFEST_NAME
     demo_dir.mkdir(parents=True, exist_ok=True)
@@ -464,6 +475,21 @@ def issue_demo_token(manifest: Manifest) -> DemoToken:
     try:
         issued = GatewayTokenAuthority(manifest, engine).issue(
             SUBJECT, [GROUP], ttl_seconds=TOKEN_TTL_SECONDS, kind=PrincipalKind.HUMAN
+        )
+    finally:
+        engine.dispose()
+    return DemoToken(token=issued.token, expires_at=issued.expires_at)
+
+
+def issue_admin_token(manifest: Manifest) -> DemoToken:
+    """A gateway token for the demo's `admin` (group `admins`), valid for 8 hours."""
+    from lockgate.identity.tokens import GatewayTokenAuthority
+    from lockgate.store import open_engine
+
+    engine = open_engine(manifest.state_url)
+    try:
+        issued = GatewayTokenAuthority(manifest, engine).issue(
+            ADMIN, [ADMIN_GROUP], ttl_seconds=TOKEN_TTL_SECONDS, kind=PrincipalKind.HUMAN
         )
     finally:
         engine.dispose()
@@ -564,6 +590,8 @@ def _ready_text(
     token: DemoToken,
     host: str,
     port: int,
+    admin_url: str | None = None,
+    admin_token: DemoToken | None = None,
 ) -> str:
     cfg = _shown(manifest_path)
     until = f" (until {token.expires_at:%Y-%m-%d %H:%M} UTC)" if token.expires_at else ""
@@ -599,9 +627,23 @@ def _ready_text(
             f"  lockgate audit sessions -c {cfg}",
             f"  lockgate audit show <SESSION> -c {cfg}",
             "",
+            *_admin_lines(admin_url, admin_token),
             "Press Ctrl-C to stop.",
         ]
     )
+
+
+def _admin_lines(url: str | None, token: DemoToken | None) -> list[str]:
+    if url is None or token is None:
+        return []
+    return [
+        "Admin console (reviews, sessions, audit), TLS self-signed:",
+        f"  {url}/  -> 'Sign in with a token' and paste the admin token:",
+        f"  {token.token}",
+        f"  (subject '{ADMIN}', group '{ADMIN_GROUP}': approves held reads there too; "
+        f"API: {url}/api/docs)",
+        "",
+    ]
 
 
 def run_demo(demo_dir: Path, port: int = DEFAULT_PORT, echo: Echo = print) -> None:
@@ -619,15 +661,22 @@ def run_demo(demo_dir: Path, port: int = DEFAULT_PORT, echo: Echo = print) -> No
             chosen = choose_port(port)
             if chosen != port:
                 echo(f"Port {port} on {LISTEN_HOST} is taken; the gateway uses {chosen} instead.")
-            manifest_path = write_manifest(demo_dir, pg, chosen)
+            admin_port = choose_port(max(DEFAULT_ADMIN_PORT, chosen + 1))
+            manifest_path = write_manifest(demo_dir, pg, chosen, admin_port)
             manifest = load_manifest(manifest_path)
             token = issue_demo_token(manifest)
+            admin_token = issue_admin_token(manifest)
         echo("Starting the gateway...")
 
         def ready(addresses: list[tuple[str, int]]) -> None:
             host, bound_port = addresses[0] if addresses else (LISTEN_HOST, chosen)
             assert pg is not None
-            echo(_ready_text(demo_dir, pg, manifest_path, token, host, bound_port))
+            admin_url = manifest.admin.base_url() if manifest.admin else None
+            echo(
+                _ready_text(
+                    demo_dir, pg, manifest_path, token, host, bound_port, admin_url, admin_token
+                )
+            )
 
         run_event_loop(serve_until_signalled(manifest, ready))
         echo("\nGateway stopped.")

@@ -53,6 +53,8 @@ class SessionEnd(enum.StrEnum):
     GRANT_ENDED = "grant_ended"
     # The time window of its access rule (or of its grant's approval rule) closed.
     WINDOW_CLOSED = "window_closed"
+    # An administrator ended it (`POST /api/sessions/{id}/end`).
+    ENDED_BY_ADMIN = "ended_by_admin"
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.engine import Engine
 
 from lockgate.audit.tables import command_results, commands, refusals, sessions
@@ -36,6 +37,28 @@ def _session_dict(row: Any) -> dict[str, Any]:
     return d
 
 
+def _denied_count() -> Any:
+    return (
+        select(func.count())
+        .select_from(commands)
+        .where(commands.c.session_id == sessions.c.id, commands.c.decision == "deny")
+        .scalar_subquery()
+        .label("denied")
+    )
+
+
+def _held_count() -> Any:
+    from lockgate.approvals.tables import approval_requests as held
+
+    return (
+        select(func.count())
+        .select_from(held)
+        .where(held.c.session_id == sessions.c.id, held.c.kind == "statement")
+        .scalar_subquery()
+        .label("held")
+    )
+
+
 def list_sessions(
     engine: Engine,
     *,
@@ -44,9 +67,26 @@ def list_sessions(
     since: datetime | None = None,
     until: datetime | None = None,
     limit: int = 50,
+    issuer: str | None = None,
+    where: Sequence[Any] = (),
+    before: tuple[datetime, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """The most recent sessions first, with their statement count and duration."""
-    q = select(sessions, _statement_count())
+    """The most recent sessions first, with their statement count and duration.
+
+    Also counts denied statements and statements held for review. `where`: more conditions
+    on `sessions` (e.g. `search.in_group`); `before`: the (started_at, id) of the last
+    session of a previous page, for keyset paging.
+    """
+    q = select(sessions, _statement_count(), _denied_count(), _held_count())
+    for condition in where:
+        q = q.where(condition)
+    if before is not None:
+        at, sid = before
+        q = q.where(
+            or_(sessions.c.started_at < at, and_(sessions.c.started_at == at, sessions.c.id > sid))
+        )
+    if issuer is not None:
+        q = q.where(sessions.c.issuer == issuer)
     if subject is not None:
         q = q.where(sessions.c.subject == subject)
     if resource is not None:

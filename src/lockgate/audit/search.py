@@ -56,6 +56,19 @@ def _fts_query(text: str) -> str:
     return " ".join('"' + w.replace('"', '""') + '"' for w in words(text))
 
 
+def in_group(group: str) -> Any:
+    """A condition on `sessions`: the session's principal was in `group`."""
+    escaped = group.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    # groups is a JSON list kept as text: match one whole quoted element.
+    groups = type_coerce(sessions.c.groups, Text)
+    return groups.like(f'%"{escaped}"%', escape="\\")
+
+
+def sessions_matching(engine: Engine, text: str) -> Any:
+    """A condition on `sessions`: one of its statements matches the words of `text`."""
+    return sessions.c.id.in_(select(commands.c.session_id).where(_text_match(engine, text)))
+
+
 def search(engine: Engine, f: SearchFilter) -> list[dict[str, Any]]:
     """Matching statements, newest first, each with its session's who and where."""
     c, s = commands, sessions
@@ -71,10 +84,7 @@ def search(engine: Engine, f: SearchFilter) -> list[dict[str, Any]]:
     if f.subject is not None:
         where.append(s.c.subject == f.subject)
     if f.group is not None:
-        escaped = f.group.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        # groups is a JSON list kept as text: match one whole quoted element.
-        groups = type_coerce(s.c.groups, Text)
-        where.append(groups.like(f'%"{escaped}"%', escape="\\"))
+        where.append(in_group(f.group))
     if f.resource is not None:
         where.append(s.c.resource == f.resource)
     if f.protocol is not None:

@@ -16,6 +16,7 @@ from pydantic import (
     model_validator,
 )
 
+from lockgate.config.admin import Admin
 from lockgate.config.common import (
     NAME,
     ListenerBase,
@@ -602,9 +603,36 @@ class Manifest(Strict):
     approvals: Approvals = Approvals()
     # host:port of the Prometheus /metrics listener, served by the `lockgate serve` supervisor.
     metrics: Address | None = None
+    # The admin HTTP API and web console (docs/admin.md); absent: not served.
+    admin: Admin | None = None
 
     # Set by the loader, not by the YAML: the directory relative paths resolve against.
     base_dir: Path = Field(default=Path("."), exclude=True)
+
+    @model_validator(mode="after")
+    def _admin_issuer(self) -> Manifest:
+        sign_in = self.admin.oidc if self.admin else None
+        if sign_in is None:
+            return self
+        known = [i.issuer for i in self.identity.oidc]
+        if sign_in.issuer is None and len(known) != 1:
+            raise ValueError(
+                "admin.oidc.issuer: name one of the issuers under identity.oidc "
+                f"({', '.join(known) or 'none is listed: add one'})"
+            )
+        if sign_in.issuer is not None and sign_in.issuer not in known:
+            raise ValueError(
+                f"admin.oidc.issuer {sign_in.issuer!r} is not listed under identity.oidc "
+                "(its keys verify the console's ID tokens): add it there"
+            )
+        wanted = sign_in.issuer or known[0]
+        issuer = next(i for i in self.identity.oidc if i.issuer == wanted)
+        if sign_in.client_id not in issuer.audiences:
+            raise ValueError(
+                f"admin.oidc.client_id {sign_in.client_id!r} must be one of the audiences of "
+                f"issuer {issuer.issuer} under identity.oidc (the console's ID tokens carry it)"
+            )
+        return self
 
     def resource(self, name: str) -> Resource | None:
         """The PostgreSQL resource called `name` (see `target` for any type)."""

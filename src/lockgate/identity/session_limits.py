@@ -19,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from lockgate.config.model import Manifest, parse_duration
 from lockgate.identity.revocation import ensure_tables, revoked_principals
+from lockgate.identity.tables import session_terminations
 from lockgate.identity.tokens import format_duration, iso
 from lockgate.model import Session, SessionEnd
 
@@ -45,6 +46,7 @@ class LiveSessionPolicy:
         self._gateway_issuer = manifest.identity.gateway_tokens.issuer
         self._engine = engine
         ensure_tables(engine)
+        session_terminations.create(engine, checkfirst=True)
 
     def over_time(self, session: Session, now: datetime | None = None) -> SessionVerdict | None:
         """The verdict for a session whose token or length ran out at `now`, else None."""
@@ -81,6 +83,7 @@ class LiveSessionPolicy:
             revoked = await asyncio.to_thread(
                 revoked_principals, self._engine, [s.principal for s in rest], self._gateway_issuer
             )
+            ended = await asyncio.to_thread(ended_by_admin, self._engine, [s.id for s in rest])
         except SQLAlchemyError as exc:
             # Keep sessions running through a store outage; new connections fail closed.
             log.warning("revocation check of live sessions failed: %s", type(exc).__name__)
@@ -89,4 +92,39 @@ class LiveSessionPolicy:
             why = revoked.get(s.principal)
             if why is not None:
                 out.append(SessionVerdict(s, SessionEnd.REVOKED, why))
+            elif s.id in ended:
+                out.append(SessionVerdict(s, SessionEnd.ENDED_BY_ADMIN, ended[s.id]))
         return out
+
+
+def request_end(engine: Engine, session_id: str, requested_by: str, reason: str) -> bool:
+    """Ask whichever process holds live session `session_id` to end it; False if asked before."""
+    from sqlalchemy.exc import IntegrityError
+
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                session_terminations.insert().values(
+                    session_id=session_id,
+                    requested_by=requested_by,
+                    reason=reason,
+                    requested_at=datetime.now(UTC),
+                )
+            )
+    except IntegrityError:
+        return False
+    return True
+
+
+def ended_by_admin(engine: Engine, session_ids: Sequence[str]) -> dict[str, str]:
+    """Of `session_ids`, those an administrator asked to end, each with the message to show."""
+    from sqlalchemy import select
+
+    if not session_ids:
+        return {}
+    t = session_terminations.c
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(t.session_id, t.requested_by, t.reason).where(t.session_id.in_(session_ids))
+        ).all()
+    return {r.session_id: f"ended by administrator {r.requested_by}: {r.reason}" for r in rows}

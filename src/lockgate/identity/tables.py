@@ -61,3 +61,14 @@ ssh_certificates = Table(
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Index("ix_ssh_certificates_expires_at", "expires_at"),
 )
+
+# Live sessions an administrator asked to end. Whichever gateway process holds the session
+# sees the row at its next live-session check and ends it with `ended_by_admin`.
+session_terminations = Table(
+    "session_terminations",
+    metadata,
+    Column("session_id", String(64), primary_key=True),
+    Column("requested_by", String(255), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("requested_at", DateTime(timezone=True), nullable=False),
+)

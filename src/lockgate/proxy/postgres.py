@@ -413,6 +413,7 @@ _END_HINTS = {
     SessionEnd.WINDOW_CLOSED: "connect again when the access window opens",
     SessionEnd.GRANT_ENDED: "ask for access again: lockgate request RESOURCE --for 30m "
     "--reason TEXT",
+    SessionEnd.ENDED_BY_ADMIN: "ask the administrator why before reconnecting",
 }
 
 

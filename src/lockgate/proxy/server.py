@@ -17,6 +17,7 @@ import struct
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lockgate.audit import recorder as audit_recorder
 from lockgate.audit.ingest import JournalIngester
@@ -32,6 +33,9 @@ from lockgate.proxy.tls import listener_context
 from lockgate import schema
 from lockgate.store import open_engine
 from lockgate.tasks import running, spawn
+
+if TYPE_CHECKING:
+    from lockgate.admin.server import AdminServer
 
 log = logging.getLogger("lockgate.server")
 
@@ -68,6 +72,8 @@ class Gateway:
         self._cancel_server: asyncio.Server | None = None
         self.cancels = CancelRegistry(key_prefix=worker_index)
         self._watchers: list[asyncio.Task[None]] = []
+        # The admin API and console (`admin:`), served by worker 0 only.
+        self.admin: AdminServer | None = None
 
     @property
     def bound_addresses(self) -> list[tuple[str, int]]:
@@ -105,6 +111,12 @@ class Gateway:
                 backlog=1024,
             )
             self._servers.append(server)
+        if self.manifest.admin is not None and self.worker_index == 0:
+            from lockgate.admin.context import for_gate
+            from lockgate.admin.server import AdminServer
+
+            self.admin = AdminServer(for_gate(self.gate))
+            await self.admin.start()
         if self.reuse_port:
             path = self._cancel_socket(self.worker_index)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,6 +154,8 @@ class Gateway:
 
     async def stop(self) -> None:
         """Stop accepting, end live sessions (clients get a shutdown error), flush the audit."""
+        if self.admin is not None:
+            await self.admin.stop()
         for s in self._servers:
             s.close()
         if self._cancel_server is not None:
@@ -187,6 +201,8 @@ async def _serve_until_signalled(gateway: Gateway, announce: bool) -> None:
                     file=sys.stderr,
                     flush=True,
                 )
+        if gateway.admin is not None:
+            print(f"lockgate: admin console on {gateway.admin.url}/", file=sys.stderr, flush=True)
     await stop.wait()
     await gateway.stop()
 

@@ -1,0 +1,69 @@
+"""The admin app: FastAPI with the API routers, security headers and the console's files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.middleware.base import RequestResponseEndpoint
+
+from lockgate import __version__
+from lockgate.admin import configview, events, reviews, sessions, signin
+from lockgate.admin.context import AdminContext
+from lockgate.admin.static import STATIC_DIR, static_router
+from lockgate.admin.tables import ensure_tables
+
+# The console loads only its own scripts and styles; nothing may frame it.
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+        "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+}
+
+
+def create_app(ctx: AdminContext, static_dir: Path = STATIC_DIR) -> FastAPI:
+    """The admin API (OpenAPI at /api/openapi.json) and console for one gateway."""
+    ensure_tables(ctx.engine)
+    app = FastAPI(
+        title="Lockgate admin API",
+        version=__version__,
+        description="Reviews, sessions, audit and configuration of a Lockgate gateway. "
+        "Authenticate with `Authorization: Bearer TOKEN` or a console session cookie "
+        "(state-changing requests then need `X-CSRF-Token`).",
+        openapi_url="/api/openapi.json",
+        docs_url="/api/docs",
+        redoc_url=None,
+    )
+    app.state.ctx = ctx
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next: RequestResponseEndpoint) -> Response:
+        response = await call_next(request)
+        for name, value in _SECURITY_HEADERS.items():
+            if name == "Content-Security-Policy" and request.url.path == "/api/docs":
+                continue  # Swagger UI loads its scripts from a CDN
+            response.headers.setdefault(name, value)
+        if request.url.path.startswith("/api/"):
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        message = f"{where}: {first.get('msg', 'invalid')}" if where else "invalid request"
+        return JSONResponse(
+            {"detail": message, "errors": jsonable_encoder(exc.errors())}, status_code=422
+        )
+
+    for module in (signin, reviews, sessions, configview, events):
+        app.include_router(module.router)
+    app.include_router(static_router(static_dir))
+    return app
