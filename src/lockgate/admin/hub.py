@@ -92,7 +92,7 @@ class EventHub:
                 if self._reviews.get(r.id) != reviews[r.id]
             ]
         self._reviews = reviews
-        rows = list_sessions(self._ctx.engine, limit=WATCHED_SESSIONS)
+        rows = list_sessions(self._ctx.engine, limit=WATCHED_SESSIONS, held=True)
         sessions = {row["id"]: row["ended_at"] is None for row in rows}
         if self._sessions is not None:
             out += [

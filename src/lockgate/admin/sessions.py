@@ -232,6 +232,7 @@ class Filters:
             limit=limit,
             where=where,
             before=before,
+            held=True,
         )
 
 
@@ -337,7 +338,7 @@ async def _visible_session(ctx: AdminContext, caller: Caller, session_id: str) -
 
 
 def _with_counts(ctx: AdminContext, found: dict[str, Any]) -> dict[str, Any]:
-    rows = list_sessions(ctx.engine, where=[sessions.c.id == found["id"]], limit=1)
+    rows = list_sessions(ctx.engine, where=[sessions.c.id == found["id"]], limit=1, held=True)
     return rows[0] if rows else found
 
 

@@ -70,14 +70,17 @@ def list_sessions(
     issuer: str | None = None,
     where: Sequence[Any] = (),
     before: tuple[datetime, str] | None = None,
+    held: bool = False,
 ) -> list[dict[str, Any]]:
     """The most recent sessions first, with their statement count and duration.
 
-    Also counts denied statements and statements held for review. `where`: more conditions
+    Also counts denied statements, and with `held` the statements held for review (that
+    needs the approval tables in the store). `where`: more conditions
     on `sessions` (e.g. `search.in_group`); `before`: the (started_at, id) of the last
     session of a previous page, for keyset paging.
     """
-    q = select(sessions, _statement_count(), _denied_count(), _held_count())
+    counts = [_statement_count(), _denied_count(), *([_held_count()] if held else [])]
+    q = select(sessions, *counts)
     for condition in where:
         q = q.where(condition)
     if before is not None:
