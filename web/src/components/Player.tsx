@@ -73,7 +73,7 @@ export function Player({ src, title }: { src: string; title: string }) {
   return (
     <section class="player" aria-labelledby="replay-heading">
       <h2 id="replay-heading">Terminal replay</h2>
-      <div ref={host} class="player-host" role="img" aria-label={title} data-testid="asciinema" />
+      <div ref={host} class="player-host" role="region" aria-label={title} data-testid="asciinema" />
       <div class="player-controls" role="group" aria-label="Replay controls">
         <button type="button" onClick={toggle} aria-pressed={playing}>
           {playing ? "Pause" : "Play"}

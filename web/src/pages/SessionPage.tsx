@@ -1,4 +1,5 @@
 // One session: its facts, its SSH recording (if any) and its statement timeline.
+import { useState } from "preact/hooks";
 import { get, type Me, messageOf, type SessionDetail, type TimelineEntry } from "../api";
 import { Badge, ErrorNote } from "../components/Badge";
 import { Player } from "../components/Player";
@@ -7,7 +8,6 @@ import { formatCount, formatMs, formatTime } from "../format";
 import { useEvents, useLoad } from "../hooks";
 import { isAdmin } from "../roles";
 import { EndSessionDialog } from "./Sessions";
-import { useState } from "preact/hooks";
 
 export function SessionPage({ me, id }: { me: Me; id: string }) {
   const { data, error, loading, reload } = useLoad(
@@ -117,18 +117,24 @@ function Timeline({ entries, protocol }: { entries: TimelineEntry[]; protocol: s
               </div>
               <Command text={e.text} protocol={protocol} />
               <dl class="entry-facts">
-                <div>
-                  <dt>Rows</dt>
-                  <dd>{formatCount(e.rows)}</dd>
-                </div>
-                <div>
-                  <dt>Masked cells</dt>
-                  <dd>{formatCount(e.masked_cells)}</dd>
-                </div>
-                <div>
-                  <dt>Duration</dt>
-                  <dd>{formatMs(e.duration_ms)}</dd>
-                </div>
+                {e.rows !== null && (
+                  <div>
+                    <dt>Rows</dt>
+                    <dd>{formatCount(e.rows)}</dd>
+                  </div>
+                )}
+                {e.masked_cells !== null && (
+                  <div>
+                    <dt>Masked cells</dt>
+                    <dd>{formatCount(e.masked_cells)}</dd>
+                  </div>
+                )}
+                {e.duration_ms !== null && (
+                  <div>
+                    <dt>Duration</dt>
+                    <dd>{formatMs(e.duration_ms)}</dd>
+                  </div>
+                )}
                 {e.reason && (
                   <div>
                     <dt>Reason</dt>

@@ -202,7 +202,7 @@ export function SessionsPage({ me }: { me: Me }) {
               <td class="num">{formatCount(s.masked_cells)}</td>
               <td>
                 {s.live && isAdmin(me) && (
-                  <button type="button" class="danger small" onClick={() => setEnding(s.id)} aria-label={`End the session of ${s.subject} on ${s.resource}`}>
+                  <button type="button" class="danger small" onClick={() => setEnding(s.id)} aria-label={`End session of ${s.subject} on ${s.resource}`}>
                     End session
                   </button>
                 )}
