@@ -38,6 +38,7 @@ export interface Review {
   reviewer_groups: string[];
   decisions: Decision[];
   can_decide: boolean;
+  approval_rule?: string | null;
 }
 
 export interface Grant {
@@ -128,7 +129,9 @@ function detailOf(body: unknown, fallback: string): string {
     if (typeof d === "string") return d;
     // FastAPI's validation errors: a list of {loc, msg}.
     if (Array.isArray(d))
-      return d.map((e) => (e && typeof e === "object" && "msg" in e ? String(e.msg) : "")).join("; ");
+      return d
+        .map((e) => (e && typeof e === "object" && "msg" in e ? String(e.msg) : ""))
+        .join("; ");
   }
   return fallback;
 }
@@ -152,7 +155,8 @@ export async function request<T>(method: string, path: string, body?: unknown): 
       parsed = undefined;
     }
   }
-  if (!resp.ok) throw new ApiError(resp.status, detailOf(parsed, `${resp.status} ${resp.statusText}`));
+  if (!resp.ok)
+    throw new ApiError(resp.status, detailOf(parsed, `${resp.status} ${resp.statusText}`));
   return parsed as T;
 }
 

@@ -12,7 +12,6 @@ import { canAudit, canReview } from "./roles";
 import { navigate, onLinkClick, useLocation } from "./router";
 import "./styles.css";
 
-
 interface NavItem {
   href: string;
   label: string;
@@ -93,7 +92,11 @@ function App() {
   if (me === undefined)
     return (
       <main id="main" ref={main}>
-        {error ? <ErrorNote error={`The console could not reach the gateway: ${error}`} /> : <p>Loading…</p>}
+        {error ? (
+          <ErrorNote error={`The console could not reach the gateway: ${error}`} />
+        ) : (
+          <p>Loading…</p>
+        )}
       </main>
     );
   if (me === null)
@@ -114,7 +117,14 @@ function App() {
 
   return (
     <div class="shell" onClick={(e) => onLinkClick(e as unknown as MouseEvent)}>
-      <a class="skip-link" href="#main" onClick={(e) => { e.preventDefault(); main.current?.focus(); }}>
+      <a
+        class="skip-link"
+        href="#main"
+        onClick={(e) => {
+          e.preventDefault();
+          main.current?.focus();
+        }}
+      >
         Skip to content
       </a>
       <header class="topbar">
@@ -127,7 +137,9 @@ function App() {
               <li>
                 <a
                   href={n.href}
-                  aria-current={path === n.href || path.startsWith(`${n.href}/`) ? "page" : undefined}
+                  aria-current={
+                    path === n.href || path.startsWith(`${n.href}/`) ? "page" : undefined
+                  }
                 >
                   {n.label}
                 </a>

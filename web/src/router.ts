@@ -27,12 +27,20 @@ export function useLocation(): { path: string; search: URLSearchParams } {
 
 /** Follow same-origin links without a page load (modifier clicks keep their usual meaning). */
 export function onLinkClick(ev: MouseEvent): void {
-  if (ev.defaultPrevented || ev.button !== 0 || ev.metaKey || ev.ctrlKey || ev.shiftKey || ev.altKey)
+  if (
+    ev.defaultPrevented ||
+    ev.button !== 0 ||
+    ev.metaKey ||
+    ev.ctrlKey ||
+    ev.shiftKey ||
+    ev.altKey
+  )
     return;
   const a = (ev.target as Element | null)?.closest?.("a");
   if (!a || a.target || a.hasAttribute("download")) return;
   const href = a.getAttribute("href");
-  if (!href || !href.startsWith("/") || href.startsWith("/api/") || href.startsWith("/auth/")) return;
+  if (!href || !href.startsWith("/") || href.startsWith("/api/") || href.startsWith("/auth/"))
+    return;
   ev.preventDefault();
   navigate(href);
 }

@@ -37,7 +37,8 @@ export function Player({ src, title }: { src: string; title: string }) {
           debug() {},
           info() {},
           warn() {},
-          error: (...args: unknown[]) => setError(`The recording could not be played: ${args.join(" ")}`),
+          error: (...args: unknown[]) =>
+            setError(`The recording could not be played: ${args.join(" ")}`),
         },
       },
     );
@@ -73,7 +74,13 @@ export function Player({ src, title }: { src: string; title: string }) {
   return (
     <section class="player" aria-labelledby="replay-heading">
       <h2 id="replay-heading">Terminal replay</h2>
-      <div ref={host} class="player-host" role="region" aria-label={title} data-testid="asciinema" />
+      <div
+        ref={host}
+        class="player-host"
+        role="region"
+        aria-label={title}
+        data-testid="asciinema"
+      />
       <div class="player-controls" role="group" aria-label="Replay controls">
         <button type="button" onClick={toggle} aria-pressed={playing}>
           {playing ? "Pause" : "Play"}
@@ -96,7 +103,10 @@ export function Player({ src, title }: { src: string; title: string }) {
         </output>
         <label>
           <span>Speed</span>
-          <select value={String(speed)} onChange={(e) => setSpeed(Number((e.target as HTMLSelectElement).value))}>
+          <select
+            value={String(speed)}
+            onChange={(e) => setSpeed(Number((e.target as HTMLSelectElement).value))}
+          >
             {SPEEDS.map((s) => (
               <option value={String(s)}>{s}×</option>
             ))}

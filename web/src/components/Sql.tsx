@@ -7,7 +7,10 @@ import { useMemo } from "preact/hooks";
 hljs.registerLanguage("sql", sql);
 
 export function Sql({ text, label }: { text: string; label?: string }) {
-  const html = useMemo(() => hljs.highlight(text, { language: "sql", ignoreIllegals: true }).value, [text]);
+  const html = useMemo(
+    () => hljs.highlight(text, { language: "sql", ignoreIllegals: true }).value,
+    [text],
+  );
   return (
     <pre class="sql" aria-label={label ?? "SQL statement"} tabIndex={0}>
       <code class="hljs language-sql" dangerouslySetInnerHTML={{ __html: html }} />

@@ -18,14 +18,16 @@ const TITLES: Record<string, string> = {
   listeners: "Listeners",
 };
 
-const title = (key: string) => TITLES[key] ?? key.replace(/_/g, " ").replace(/^./, (c) => c.toUpperCase());
+const title = (key: string) =>
+  TITLES[key] ?? key.replace(/_/g, " ").replace(/^./, (c) => c.toUpperCase());
 
 function Value({ v }: { v: Json }) {
   if (v === null || v === undefined) return <span class="muted">—</span>;
   if (typeof v === "boolean") return <>{v ? "yes" : "no"}</>;
   if (typeof v === "number" || typeof v === "string") return <>{String(v)}</>;
   if (Array.isArray(v)) {
-    if (v.every((x) => x === null || typeof x !== "object")) return <>{v.map(String).join(", ") || "—"}</>;
+    if (v.every((x) => x === null || typeof x !== "object"))
+      return <>{v.map(String).join(", ") || "—"}</>;
     return <code class="json">{JSON.stringify(v)}</code>;
   }
   const entries = Object.entries(v);
@@ -75,7 +77,9 @@ function Rows({ name, rows }: { name: string; rows: { [k: string]: Json }[] }) {
 
 function Part({ name, value }: { name: string; value: Json }) {
   const isRows = (x: Json): x is { [k: string]: Json }[] =>
-    Array.isArray(x) && x.length > 0 && x.every((r) => r !== null && typeof r === "object" && !Array.isArray(r));
+    Array.isArray(x) &&
+    x.length > 0 &&
+    x.every((r) => r !== null && typeof r === "object" && !Array.isArray(r));
   let body;
   if (isRows(value)) body = <Rows name={name} rows={value} />;
   else if (value && typeof value === "object" && !Array.isArray(value)) {
@@ -106,20 +110,35 @@ export function ConfigPage(_: { me: Me }) {
   const config = useLoad(() => get<Record<string, Json>>("/api/config"), []);
   const tokens = useLoad(() => get<{ items: TokenInfo[] }>("/api/tokens"), []);
   const now = useNow(30000);
-  const order = ["resources", "access", "access_rules", "guardrails", "masking", "masking_rules", "approvals"];
+  const order = [
+    "resources",
+    "access",
+    "access_rules",
+    "guardrails",
+    "masking",
+    "masking_rules",
+    "approvals",
+  ];
   const keys = config.data
-    ? [...order.filter((k) => k in config.data!), ...Object.keys(config.data).filter((k) => !order.includes(k))]
+    ? [
+        ...order.filter((k) => k in config.data!),
+        ...Object.keys(config.data).filter((k) => !order.includes(k)),
+      ]
     : [];
   return (
     <>
       <h1>Configuration</h1>
-      <p class="note">As the gateway loaded it. Read-only: change the manifest and reload the gateway.</p>
+      <p class="note">
+        As the gateway loaded it. Read-only: change the manifest and reload the gateway.
+      </p>
       <ErrorNote error={config.error ? messageOf(config.error) : null} />
       {config.data && keys.map((k) => <Part key={k} name={k} value={config.data![k]} />)}
       <section aria-labelledby="tokens-heading">
         <h2 id="tokens-heading">Tokens issued</h2>
         <ErrorNote error={tokens.error ? messageOf(tokens.error) : null} />
-        {tokens.data && tokens.data.items.length === 0 && <p class="empty">No gateway tokens issued.</p>}
+        {tokens.data && tokens.data.items.length === 0 && (
+          <p class="empty">No gateway tokens issued.</p>
+        )}
         {tokens.data && tokens.data.items.length > 0 && (
           <table class="data">
             <caption class="visually-hidden">Gateway tokens</caption>

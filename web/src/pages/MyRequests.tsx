@@ -32,8 +32,14 @@ export function MyRequestsPage({ me }: { me: Me }) {
     setError(null);
     setDone(null);
     try {
-      const r = await post<Review>("/api/requests", { resource: resource.trim(), duration, reason: reason.trim() });
-      setDone(`Request sent: access to ${r.resource}, waiting for ${r.reviewer_groups.join(", ") || "a reviewer"}.`);
+      const r = await post<Review>("/api/requests", {
+        resource: resource.trim(),
+        duration,
+        reason: reason.trim(),
+      });
+      setDone(
+        `Request sent: access to ${r.resource}, waiting for ${r.reviewer_groups.join(", ") || "a reviewer"}.`,
+      );
       setReason("");
       reviews.reload();
     } catch (e) {
@@ -51,11 +57,20 @@ export function MyRequestsPage({ me }: { me: Me }) {
         <form class="request-form" onSubmit={(e) => void submit(e)}>
           <div class="field">
             <label for="r-resource">Resource</label>
-            <input id="r-resource" required value={resource} onInput={(e) => setResource((e.target as HTMLInputElement).value)} />
+            <input
+              id="r-resource"
+              required
+              value={resource}
+              onInput={(e) => setResource((e.target as HTMLInputElement).value)}
+            />
           </div>
           <div class="field">
             <label for="r-duration">For how long</label>
-            <select id="r-duration" value={duration} onChange={(e) => setDuration((e.target as HTMLSelectElement).value)}>
+            <select
+              id="r-duration"
+              value={duration}
+              onChange={(e) => setDuration((e.target as HTMLSelectElement).value)}
+            >
               {["15m", "30m", "1h", "2h", "4h", "8h"].map((d) => (
                 <option value={d}>{d}</option>
               ))}
@@ -87,7 +102,9 @@ export function MyRequestsPage({ me }: { me: Me }) {
       <section aria-labelledby="mine-heading">
         <h2 id="mine-heading">Requests</h2>
         <ErrorNote error={reviews.error ? messageOf(reviews.error) : null} />
-        {reviews.data && mine.length === 0 && <p class="empty">You have not asked for access yet.</p>}
+        {reviews.data && mine.length === 0 && (
+          <p class="empty">You have not asked for access yet.</p>
+        )}
         {mine.length > 0 && (
           <table class="data">
             <caption class="visually-hidden">My access requests</caption>

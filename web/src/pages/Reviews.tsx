@@ -35,8 +35,11 @@ export function ReviewsPage({ me }: { me: Me }) {
       setItems((list) => {
         const had = list?.some((x) => x.id === r.id) ?? false;
         if (!had && r.status === "pending")
-          setAnnounce(`New ${r.kind === "grant" ? "access request" : "statement review"} from ${r.requester.subject} on ${r.resource}`);
-        else if (had && r.status !== "pending") setAnnounce(`Request from ${r.requester.subject} ${r.status}`);
+          setAnnounce(
+            `New ${r.kind === "grant" ? "access request" : "statement review"} from ${r.requester.subject} on ${r.resource}`,
+          );
+        else if (had && r.status !== "pending")
+          setAnnounce(`Request from ${r.requester.subject} ${r.status}`);
         return upsert(list ?? [], r);
       });
       stamp([r]);
@@ -52,7 +55,11 @@ export function ReviewsPage({ me }: { me: Me }) {
         <h1>Review queue</h1>
         <p class="live-state" data-state={live}>
           <span aria-hidden="true" class="dot" />
-          {live === "live" ? "Live: new requests appear here" : live === "connecting" ? "Connecting…" : "Reconnecting…"}
+          {live === "live"
+            ? "Live: new requests appear here"
+            : live === "connecting"
+              ? "Connecting…"
+              : "Reconnecting…"}
         </p>
         <button type="button" onClick={reload}>
           Refresh
@@ -70,11 +77,18 @@ export function ReviewsPage({ me }: { me: Me }) {
           Waiting for a decision <span class="count">({pending.length})</span>
         </h2>
         {loading && items === null && <p>Loading…</p>}
-        {items !== null && pending.length === 0 && <p class="empty">Nothing is waiting for review.</p>}
+        {items !== null && pending.length === 0 && (
+          <p class="empty">Nothing is waiting for review.</p>
+        )}
         <ul class="cards">
           {pending.map((r) => (
             <li key={r.id}>
-              <ReviewCard review={r} me={me} receivedAt={receivedAt[r.id] ?? Date.now()} onChange={(n) => setItems((l) => upsert(l ?? [], n))} />
+              <ReviewCard
+                review={r}
+                me={me}
+                receivedAt={receivedAt[r.id] ?? Date.now()}
+                onChange={(n) => setItems((l) => upsert(l ?? [], n))}
+              />
             </li>
           ))}
         </ul>
@@ -102,7 +116,11 @@ export function ReviewsPage({ me }: { me: Me }) {
                   <td>{formatTime(r.created_at)}</td>
                   <td>{r.requester.subject}</td>
                   <td>{r.resource}</td>
-                  <td class="clip">{r.kind === "grant" ? `access for ${formatDuration(r.duration_seconds ?? 0)}` : r.statement}</td>
+                  <td class="clip">
+                    {r.kind === "grant"
+                      ? `access for ${formatDuration(r.duration_seconds ?? 0)}`
+                      : r.statement}
+                  </td>
                   <td>
                     <Badge value={r.status} />
                   </td>
@@ -147,7 +165,11 @@ function ReviewCard({
     setBusy(true);
     setError(null);
     try {
-      onChange(await post<Review>(`/api/reviews/${encodeURIComponent(r.id)}/${verdict}`, { reason: reason.trim() }));
+      onChange(
+        await post<Review>(`/api/reviews/${encodeURIComponent(r.id)}/${verdict}`, {
+          reason: reason.trim(),
+        }),
+      );
     } catch (e) {
       setError(messageOf(e));
     } finally {
@@ -159,8 +181,8 @@ function ReviewCard({
     <article class="card review" aria-labelledby={headingId} data-review-id={r.id}>
       <header>
         <h3 id={headingId}>
-          {r.kind === "grant" ? "Access request" : "Held statement"}: <strong>{r.requester.subject}</strong> on{" "}
-          <strong>{r.resource}</strong>
+          {r.kind === "grant" ? "Access request" : "Held statement"}:{" "}
+          <strong>{r.requester.subject}</strong> on <strong>{r.resource}</strong>
         </h3>
         <p class="waiting" data-testid="waiting">
           Waiting <time>{formatDuration(waited)}</time>
@@ -172,7 +194,9 @@ function ReviewCard({
           <dt>Requester</dt>
           <dd>
             {r.requester.subject}
-            {r.requester.groups.length > 0 && <span class="muted"> ({r.requester.groups.join(", ")})</span>}
+            {r.requester.groups.length > 0 && (
+              <span class="muted"> ({r.requester.groups.join(", ")})</span>
+            )}
           </dd>
         </div>
         {r.rule && (
@@ -199,6 +223,14 @@ function ReviewCard({
           <dt>{r.kind === "grant" ? "Reason given" : "Why held"}</dt>
           <dd>{r.reason || "—"}</dd>
         </div>
+        {r.approval_rule && (
+          <div>
+            <dt>Approval rule</dt>
+            <dd>
+              <code>{r.approval_rule}</code>
+            </dd>
+          </div>
+        )}
         <div>
           <dt>Approvals</dt>
           <dd>
@@ -226,7 +258,13 @@ function ReviewCard({
         </ul>
       )}
       {showDecide && (
-        <form class="decide" onSubmit={(e) => { e.preventDefault(); void decide("approve"); }}>
+        <form
+          class="decide"
+          onSubmit={(e) => {
+            e.preventDefault();
+            void decide("approve");
+          }}
+        >
           <label for={reasonId}>Reason for your decision</label>
           <input
             id={reasonId}
@@ -240,7 +278,13 @@ function ReviewCard({
             <button type="submit" class="primary" disabled={busy} aria-describedby={headingId}>
               Approve
             </button>
-            <button type="button" class="danger" disabled={busy} aria-describedby={headingId} onClick={() => void decide("deny")}>
+            <button
+              type="button"
+              class="danger"
+              disabled={busy}
+              aria-describedby={headingId}
+              onClick={() => void decide("deny")}
+            >
               Deny
             </button>
           </div>

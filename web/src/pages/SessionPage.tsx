@@ -15,6 +15,7 @@ export function SessionPage({ me, id }: { me: Me; id: string }) {
     [id],
   );
   const [ending, setEnding] = useState(false);
+  const [endAsked, setEndAsked] = useState(false);
   useEvents({
     session: (s) => {
       if ((s as { id?: string }).id === id) reload();
@@ -43,8 +44,12 @@ export function SessionPage({ me, id }: { me: Me; id: string }) {
         <h1>
           {s.subject} on {s.resource}
         </h1>
-        {s.live ? <Badge value="live" /> : <Badge value="ended" label={s.end_reason ? `ended: ${s.end_reason}` : "ended"} />}
-        {s.live && isAdmin(me) && (
+        {s.live ? (
+          <Badge value="live" />
+        ) : (
+          <Badge value="ended" label={s.end_reason ? `ended: ${s.end_reason}` : "ended"} />
+        )}
+        {s.live && isAdmin(me) && !endAsked && (
           <button type="button" class="danger" onClick={() => setEnding(true)}>
             End session
           </button>
@@ -85,9 +90,27 @@ export function SessionPage({ me, id }: { me: Me; id: string }) {
           </dd>
         </div>
       </dl>
-      {s.has_recording && <Player src={recording} title={`Terminal recording of ${s.subject} on ${s.resource}`} />}
+      {s.has_recording && (
+        <Player src={recording} title={`Terminal recording of ${s.subject} on ${s.resource}`} />
+      )}
       <Timeline entries={data.timeline} protocol={s.protocol} />
-      {ending && <EndSessionDialog session={s} onClose={(ended) => { setEnding(false); if (ended) reload(); }} />}
+      {endAsked && s.live && (
+        <p class="ok-note" role="status">
+          Ending this session: the gateway disconnects it at its next check.
+        </p>
+      )}
+      {ending && (
+        <EndSessionDialog
+          session={s}
+          onClose={(ended) => {
+            setEnding(false);
+            if (ended) {
+              setEndAsked(true);
+              reload();
+            }
+          }}
+        />
+      )}
     </>
   );
 }

@@ -8,7 +8,17 @@ import { useEvents } from "../hooks";
 import { isAdmin } from "../roles";
 import { navigate, useLocation } from "../router";
 
-const FILTERS = ["live", "subject", "group", "resource", "protocol", "since", "until", "decision", "q"] as const;
+const FILTERS = [
+  "live",
+  "subject",
+  "group",
+  "resource",
+  "protocol",
+  "since",
+  "until",
+  "decision",
+  "q",
+] as const;
 type Filters = Partial<Record<(typeof FILTERS)[number], string>>;
 
 function readFilters(search: URLSearchParams): Filters {
@@ -30,6 +40,7 @@ export function SessionsPage({ me }: { me: Me }) {
   const [loading, setLoading] = useState(true);
   const [error, setError] = useState<string | null>(null);
   const [ending, setEnding] = useState<string | null>(null);
+  const [notice, setNotice] = useState<string | null>(null);
 
   const load = async (cursor: string | null) => {
     setLoading(true);
@@ -64,7 +75,9 @@ export function SessionsPage({ me }: { me: Me }) {
           copy[i] = s;
           return copy;
         }
-        return filters.live === "true" && s.live && Object.keys(filters).length === 1 ? [s, ...list] : list;
+        return filters.live === "true" && s.live && Object.keys(filters).length === 1
+          ? [s, ...list]
+          : list;
       });
     },
   });
@@ -85,7 +98,13 @@ export function SessionsPage({ me }: { me: Me }) {
       <form class="filters" role="search" aria-label="Filter sessions" onSubmit={apply}>
         <div class="field wide">
           <label for="f-q">Statement text</label>
-          <input id="f-q" type="search" value={draft.q ?? ""} onInput={set("q")} placeholder="e.g. DELETE FROM payments" />
+          <input
+            id="f-q"
+            type="search"
+            value={draft.q ?? ""}
+            onInput={set("q")}
+            placeholder="e.g. DELETE FROM payments"
+          />
         </div>
         <div class="field">
           <label for="f-live">State</label>
@@ -129,7 +148,12 @@ export function SessionsPage({ me }: { me: Me }) {
             id="f-since"
             type="datetime-local"
             value={draft.since ? toLocalInput(draft.since) : ""}
-            onInput={(e) => setDraft((d) => ({ ...d, since: fromLocalInput((e.target as HTMLInputElement).value) }))}
+            onInput={(e) =>
+              setDraft((d) => ({
+                ...d,
+                since: fromLocalInput((e.target as HTMLInputElement).value),
+              }))
+            }
           />
         </div>
         <div class="field">
@@ -138,7 +162,12 @@ export function SessionsPage({ me }: { me: Me }) {
             id="f-until"
             type="datetime-local"
             value={draft.until ? toLocalInput(draft.until) : ""}
-            onInput={(e) => setDraft((d) => ({ ...d, until: fromLocalInput((e.target as HTMLInputElement).value) }))}
+            onInput={(e) =>
+              setDraft((d) => ({
+                ...d,
+                until: fromLocalInput((e.target as HTMLInputElement).value),
+              }))
+            }
           />
         </div>
         <div class="actions">
@@ -152,14 +181,27 @@ export function SessionsPage({ me }: { me: Me }) {
       </form>
       <div class="toolbar">
         <p role="status" aria-live="polite">
-          {loading ? "Loading…" : `${items.length}${next ? "+" : ""} session${items.length === 1 ? "" : "s"}`}
+          {loading
+            ? "Loading…"
+            : `${items.length}${next ? "+" : ""} session${items.length === 1 ? "" : "s"}`}
         </p>
         <span>
-          Export these sessions: <a href={exportHref("jsonl")} download>JSON lines</a> ·{" "}
-          <a href={exportHref("csv")} download>CSV</a>
+          Export these sessions:{" "}
+          <a href={exportHref("jsonl")} download>
+            JSON lines
+          </a>{" "}
+          ·{" "}
+          <a href={exportHref("csv")} download>
+            CSV
+          </a>
         </span>
       </div>
       <ErrorNote error={error} />
+      {notice && (
+        <p class="ok-note" role="status">
+          {notice}
+        </p>
+      )}
       <table class="data sessions">
         <caption class="visually-hidden">Sessions matching the filters</caption>
         <thead>
@@ -169,10 +211,18 @@ export function SessionsPage({ me }: { me: Me }) {
             <th scope="col">Resource</th>
             <th scope="col">Protocol</th>
             <th scope="col">State</th>
-            <th scope="col" class="num">Statements</th>
-            <th scope="col" class="num">Denied</th>
-            <th scope="col" class="num">Held</th>
-            <th scope="col" class="num">Masked cells</th>
+            <th scope="col" class="num">
+              Statements
+            </th>
+            <th scope="col" class="num">
+              Denied
+            </th>
+            <th scope="col" class="num">
+              Held
+            </th>
+            <th scope="col" class="num">
+              Masked cells
+            </th>
             <th scope="col">
               <span class="visually-hidden">Actions</span>
             </th>
@@ -182,7 +232,10 @@ export function SessionsPage({ me }: { me: Me }) {
           {items.map((s) => (
             <tr key={s.id}>
               <td>
-                <a href={`/sessions/${encodeURIComponent(s.id)}`} aria-label={`Session of ${s.subject} on ${s.resource}, started ${formatTime(s.started_at)}`}>
+                <a
+                  href={`/sessions/${encodeURIComponent(s.id)}`}
+                  aria-label={`Session of ${s.subject} on ${s.resource}, started ${formatTime(s.started_at)}`}
+                >
                   {formatTime(s.started_at)}
                 </a>
               </td>
@@ -193,7 +246,11 @@ export function SessionsPage({ me }: { me: Me }) {
               <td>{s.resource}</td>
               <td>{s.protocol}</td>
               <td>
-                {s.live ? <Badge value="live" /> : <Badge value="ended" label={s.end_reason ? `ended: ${s.end_reason}` : "ended"} />}
+                {s.live ? (
+                  <Badge value="live" />
+                ) : (
+                  <Badge value="ended" label={s.end_reason ? `ended: ${s.end_reason}` : "ended"} />
+                )}
                 {s.has_recording && <span class="muted"> · recorded</span>}
               </td>
               <td class="num">{formatCount(s.statements)}</td>
@@ -202,7 +259,12 @@ export function SessionsPage({ me }: { me: Me }) {
               <td class="num">{formatCount(s.masked_cells)}</td>
               <td>
                 {s.live && isAdmin(me) && (
-                  <button type="button" class="danger small" onClick={() => setEnding(s.id)} aria-label={`End session of ${s.subject} on ${s.resource}`}>
+                  <button
+                    type="button"
+                    class="danger small"
+                    onClick={() => setEnding(s.id)}
+                    aria-label={`End session of ${s.subject} on ${s.resource}`}
+                  >
                     End session
                   </button>
                 )}
@@ -220,9 +282,15 @@ export function SessionsPage({ me }: { me: Me }) {
       {ending && (
         <EndSessionDialog
           session={items.find((s) => s.id === ending)!}
-          onClose={(updated) => {
+          onClose={(ended) => {
+            const s = items.find((x) => x.id === ending);
             setEnding(null);
-            if (updated) void load(null);
+            if (ended && s) {
+              setNotice(
+                `Ending the session of ${s.subject} on ${s.resource}: the gateway disconnects it at its next check.`,
+              );
+              void load(null);
+            }
           }}
         />
       )}
@@ -230,7 +298,13 @@ export function SessionsPage({ me }: { me: Me }) {
   );
 }
 
-export function EndSessionDialog({ session, onClose }: { session: Session; onClose: (ended: boolean) => void }) {
+export function EndSessionDialog({
+  session,
+  onClose,
+}: {
+  session: Session;
+  onClose: (ended: boolean) => void;
+}) {
   const [reason, setReason] = useState("");
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<string | null>(null);
@@ -267,9 +341,17 @@ export function EndSessionDialog({ session, onClose }: { session: Session; onClo
         <h2 id="end-heading">
           End the session of {session.subject} on {session.resource}?
         </h2>
-        <p>The client is disconnected with your reason; the audit records the session as ended by an admin.</p>
+        <p>
+          The client is disconnected with your reason; the audit records the session as ended by an
+          admin.
+        </p>
         <label for="end-reason">Reason</label>
-        <input id="end-reason" required value={reason} onInput={(e) => setReason((e.target as HTMLInputElement).value)} />
+        <input
+          id="end-reason"
+          required
+          value={reason}
+          onInput={(e) => setReason((e.target as HTMLInputElement).value)}
+        />
         <ErrorNote error={error} />
         <div class="actions">
           <button type="submit" class="danger" disabled={busy || !reason.trim()}>

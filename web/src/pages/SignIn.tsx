@@ -7,7 +7,10 @@ export function SignIn({ onSignedIn }: { onSignedIn: () => void }) {
   const [token, setToken] = useState("");
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<string | null>(null);
-  const next = location.pathname === "/signin" || location.pathname === "/" ? "/" : location.pathname + location.search;
+  const next =
+    location.pathname === "/signin" || location.pathname === "/"
+      ? "/"
+      : location.pathname + location.search;
 
   useEffect(() => {
     get<AuthConfig>("/api/auth/config").then(setConfig, (e: unknown) => setError(messageOf(e)));
