@@ -95,8 +95,9 @@ def test_replay_an_ssh_recording(
     terminal.get_by_text(f"{marker}-42").first.wait_for(timeout=30_000)
     screenshot(page, "console-ssh-replay-playing")
 
-    # Seek back to the start: the output is gone from the screen; seek to the end: it is back.
-    controls.get_by_role("button", name="Pause").click()
+    # Once it has played to the end, seek back to the start: the output is gone from the
+    # screen; seek to the end: it is back.
+    controls.get_by_role("button", name="Play").wait_for(timeout=60_000)
     position.fill("0")
     page.wait_for_function(
         "([el, m]) => !el.innerText.includes(m + '-42')",

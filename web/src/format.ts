@@ -49,3 +49,11 @@ export function fromLocalInput(value: string): string {
   const d = new Date(value);
   return Number.isNaN(d.getTime()) ? "" : d.toISOString();
 }
+
+/** A player position: tenths of a second for short recordings, m:ss beyond a minute. */
+export function formatClock(seconds: number): string {
+  const s = Math.max(0, seconds);
+  if (s < 60) return `${s.toFixed(1)}s`;
+  const m = Math.floor(s / 60);
+  return `${m}:${String(Math.floor(s % 60)).padStart(2, "0")}`;
+}

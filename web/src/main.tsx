@@ -58,7 +58,6 @@ function App() {
   const [error, setError] = useState<string | null>(null);
   const { path } = useLocation();
   const main = useRef<HTMLElement>(null);
-  const first = useRef(true);
 
   const loadMe = () =>
     get<Me>("/api/me").then(setMe, (e: unknown) => {
@@ -75,18 +74,18 @@ function App() {
   }, [me, path]);
 
   // After a client-side navigation, move focus to the new page's heading so keyboard and
-  // screen-reader users land on the content (not on the first load, which starts at the top).
+  // screen-reader users land on the content. Not on the first page shown: a fresh load
+  // starts at the top, where "Skip to content" is the first Tab stop.
+  const shownPath = useRef<string | null>(null);
   useEffect(() => {
-    if (first.current) {
-      first.current = false;
-      return;
-    }
+    if (!me) return;
     const h1 = main.current?.querySelector("h1");
-    if (h1) {
+    document.title = `${h1?.textContent ?? "Lockgate"} · Lockgate console`;
+    if (shownPath.current !== null && shownPath.current !== path && h1) {
       h1.setAttribute("tabindex", "-1");
       h1.focus();
     }
-    document.title = `${h1?.textContent ?? "Lockgate"} · Lockgate console`;
+    shownPath.current = path;
   }, [path, me]);
 
   if (me === undefined)

@@ -4,7 +4,7 @@
 import * as AsciinemaPlayer from "asciinema-player";
 import "asciinema-player/dist/bundle/asciinema-player.css";
 import { useEffect, useRef, useState } from "preact/hooks";
-import { formatDuration } from "../format";
+import { formatClock } from "../format";
 
 const SPEEDS = [0.5, 1, 2, 4, 8];
 
@@ -91,15 +91,15 @@ export function Player({ src, title }: { src: string; title: string }) {
             type="range"
             min={0}
             max={duration ?? 0}
-            step={0.1}
+            step="any"
             value={position}
             disabled={!duration}
             onInput={(e) => seek(Number((e.target as HTMLInputElement).value))}
-            aria-valuetext={`${formatDuration(position)} of ${formatDuration(duration ?? 0)}`}
+            aria-valuetext={`${formatClock(position)} of ${formatClock(duration ?? 0)}`}
           />
         </label>
         <output aria-live="off">
-          {formatDuration(position)} / {duration === undefined ? "…" : formatDuration(duration)}
+          {formatClock(position)} / {duration === undefined ? "…" : formatClock(duration)}
         </output>
         <label>
           <span>Speed</span>

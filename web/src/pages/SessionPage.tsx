@@ -83,10 +83,10 @@ export function SessionPage({ me, id }: { me: Me; id: string }) {
           <dd>{s.ended_at ? formatTime(s.ended_at) : "still connected"}</dd>
         </div>
         <div>
-          <dt>Statements</dt>
+          <dt>{s.protocol === "ssh" ? "Commands" : "Statements"}</dt>
           <dd>
-            {formatCount(s.statements)} ({formatCount(s.denied)} denied, {formatCount(s.held)} held,{" "}
-            {formatCount(s.masked_cells)} masked cells)
+            {formatCount(s.statements)} ({formatCount(s.denied)} denied, {formatCount(s.held)} held
+            {s.protocol === "ssh" ? "" : `, ${formatCount(s.masked_cells)} masked cells`})
           </dd>
         </div>
       </dl>
