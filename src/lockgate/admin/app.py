@@ -19,7 +19,10 @@ from lockgate.admin.tables import ensure_tables
 # The console loads only its own scripts and styles; nothing may frame it.
 _SECURITY_HEADERS = {
     "Content-Security-Policy": (
-        "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+        # 'wasm-unsafe-eval': the SSH replay player (asciinema-player) runs its terminal
+        # emulator as WebAssembly compiled from its own bundle; no eval() of scripts.
+        "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; img-src 'self' data:; "
+        "style-src 'self' 'unsafe-inline'; "
         "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
     ),
     "X-Content-Type-Options": "nosniff",
