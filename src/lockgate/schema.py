@@ -23,6 +23,9 @@ from lockgate.errors import LockgateError
 
 BASELINE = "0001"
 VERSION_TABLE = "alembic_version"
+# A store without this table is new, even if some commands (`token issue`) already created
+# the few tables they use: it gets every table and the newest revision.
+MARKER_TABLE = "commands"
 
 
 class SchemaOutOfDate(LockgateError):
@@ -68,15 +71,16 @@ def state(engine: Engine) -> SchemaState:
         current = None
         if VERSION_TABLE in names:
             current = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
-    return SchemaState(current, head(), empty=not (names - {VERSION_TABLE}))
+    return SchemaState(current, head(), empty=current is None and MARKER_TABLE not in names)
 
 
 def create_tables(engine: Engine) -> None:
-    """Create missing tables; a store that had none is stamped with the newest revision."""
+    """Create missing tables; a new store is stamped with the newest revision."""
     from lockgate.store import metadata
 
     with engine.begin() as conn:
-        empty = not inspect(conn).get_table_names()
+        names = set(inspect(conn).get_table_names())
+        empty = VERSION_TABLE not in names and MARKER_TABLE not in names
         metadata.create_all(conn)
         if empty:
             from alembic import command

@@ -142,3 +142,20 @@ def test_serve_refuses_an_old_store_and_migrate_upgrades_it(tmp_path: Path) -> N
     assert migrated.returncode == 0, migrated.stderr
     assert f"upgraded from revision 0001 to {HEAD}" in migrated.stdout
     assert "up to date" in run("migrate").stdout
+
+
+def test_store_with_only_token_tables_counts_as_new(sqlite_url: str) -> None:
+    """`lockgate token issue` before the first `serve` creates only the tables it needs."""
+    from lockgate.identity.revocation import ensure_tables
+
+    load_tables()
+    engine = open_engine(sqlite_url, create=False)
+    try:
+        ensure_tables(engine)
+        found = schema.state(engine)
+        assert found.empty and found.current is None
+        schema.check(engine)
+        schema.create_tables(engine)
+        assert schema.state(engine).current == HEAD
+    finally:
+        engine.dispose()
