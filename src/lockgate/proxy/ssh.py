@@ -61,12 +61,16 @@ from lockgate.model import ClientInfo, Principal, ResultSummary, SessionEnd
 from lockgate.policy.ssh import SshRequest
 from lockgate.proxy.ssh_channel import ChannelRelay, SshContext
 from lockgate.proxy.ssh_forward import listen_remote, open_local
+from lockgate.proxy.ssh_transport import MAX_PACKET, WINDOW, coalesce_writes
 from lockgate.proxy.ssh_upstream import connect_target, load_credentials
 from lockgate.tasks import spawn
 
 log = logging.getLogger("lockgate.ssh")
 
 LOGIN_FORM = "NAME#RESOURCE"
+
+# How long a client whose session the gateway ends gets to close it itself.
+_END_GRACE_SECONDS = 1.0
 
 # What to do next, told with the reason a live session was ended.
 _END_HINTS = {
@@ -153,6 +157,9 @@ class SshEngine:
                 + self.user_ca.export_public_key("openssh").decode()
             ),
             encoding=None,
+            line_editor=False,
+            window=WINDOW,
+            max_pktsize=MAX_PACKET,
             reuse_port=reuse_port or None,
             backlog=1024,
         )
@@ -215,6 +222,7 @@ class _GatewayServer(asyncssh.SSHServer):
     # -- connection -------------------------------------------------------------------------
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
+        coalesce_writes(conn)
         self.engine.connections.add(self)
         peer = conn.get_extra_info("peername")
         address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
@@ -277,7 +285,11 @@ class _GatewayServer(asyncssh.SSHServer):
             relay.end_by_gateway(text, hint, verdict.end.value)
         for forward in list(ctx.forwards):
             forward.close()
-        conn.disconnect(asyncssh.DISC_BY_APPLICATION, text)
+        # A moment later: the client then has read the channels' last lines and closes first;
+        # a disconnect in the same write would end it before it prints them.
+        asyncio.get_running_loop().call_later(
+            _END_GRACE_SECONDS, conn.disconnect, asyncssh.DISC_BY_APPLICATION, text
+        )
 
     def shutdown(self) -> None:
         self.ending = SessionEnd.GATEWAY_SHUTDOWN

@@ -319,17 +319,25 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
         return _decided(admission, DecisionKind.DENY, f"{decision.reason} [{note}]"), status
 
     def end_by_gateway(self, message: str, hint: str | None, status: str) -> None:
-        """The session is being ended (token, grant, revocation, max_session): say why."""
+        """The session is being ended (token, grant, revocation, max_session): say why, close."""
         self._ended_by = message
         self._end_status = f"ended: {status}"
+        if self._closed:
+            return
         lines = [message] + ([f"hint: {hint}"] if hint else [])
         for line in lines:
-            try:
-                self._tell(line)
-            except (OSError, asyncssh.Error):
-                return
             if self._cast is not None:
                 self._cast.output(f"\r\n{line}\r\n".encode())
+        try:
+            for line in lines:
+                self._tell(line)
+            self._closed = True
+            if self.up is not None:
+                self.up.close()
+            # Closing the channel first lets the client print those lines before it goes.
+            self.chan.exit(EXIT_UPSTREAM)
+        except (OSError, asyncssh.Error):
+            pass
 
     async def _open_target(self) -> None:
         ctx = self.ctx

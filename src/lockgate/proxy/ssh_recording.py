@@ -10,6 +10,11 @@
 Each channel also gets `SEQ.json`, a summary with every file's size and checksum. The audit
 row of the channel's command (same session id, same seq) carries the summary's SHA-256 in its
 status, so the audit trail vouches for the recording.
+
+Raw streams are hashed and written by one background thread per process (`in_order`), in
+the order the relay handed the bytes over: hashlib lets go of the GIL while it hashes, so a
+fast copy is relayed on one core while its checksums are computed on another. Closing a
+stream waits for the work queued before it, so a summary always covers every byte.
 """
 
 from __future__ import annotations
@@ -19,13 +24,68 @@ import gzip
 import hashlib
 import json
 import os
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import orjson
 
 RECORDINGS = "recordings"
+
+T = TypeVar("T")
+_worker: ThreadPoolExecutor | None = None
+_worker_lock = threading.Lock()
+
+
+def _background() -> ThreadPoolExecutor:
+    global _worker
+    with _worker_lock:
+        if _worker is None:
+            # One thread: its queue is FIFO, so work runs in the order it was handed over.
+            _worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lockgate-recording")
+        return _worker
+
+
+def in_order(fn: Callable[..., object], *args: object) -> None:
+    """Run `fn(*args)` on the recording thread, after everything handed over before."""
+    _background().submit(fn, *args)
+
+
+def after_pending(fn: Callable[[], T]) -> T:
+    """Run `fn` on the recording thread once the work before it is done; wait for it."""
+    return _background().submit(fn).result()
+
+
+class OrderedFeed:
+    """Hands chunks to `consume` on the recording thread, in order, about 1 MiB at a time.
+
+    Batches keep the per-chunk cost on the event loop to a list append; call `flush` before
+    asking for a result (`after_pending`).
+    """
+
+    __slots__ = ("_batch", "_consume", "_size")
+    BATCH = 1 << 20
+
+    def __init__(self, consume: Callable[[list[bytes]], None]) -> None:
+        self._consume = consume
+        self._batch: list[bytes] = []
+        self._size = 0
+
+    def add(self, data: bytes) -> None:
+        """Queue immutable bytes (they are read later, on the thread)."""
+        self._batch.append(data)
+        self._size += len(data)
+        if self._size >= self.BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._batch:
+            in_order(self._consume, self._batch)
+            self._batch = []
+            self._size = 0
 
 
 def session_dir(state_dir: Path, session_id: str) -> Path:
@@ -120,7 +180,9 @@ class CastRecorder:
 
 
 class _Stream:
-    __slots__ = ("cap", "file", "kept", "path", "sha", "total")
+    """One raw stream: hashed whole, kept up to `cap` bytes; the work runs on the thread."""
+
+    __slots__ = ("add", "cap", "error", "feed", "file", "kept", "path", "sha", "total")
 
     def __init__(self, path: Path, cap: int) -> None:
         self.path = path
@@ -129,21 +191,32 @@ class _Stream:
         self.sha = hashlib.sha256()
         self.total = 0
         self.kept = 0
+        self.error: OSError | None = None
+        self.feed = OrderedFeed(self._consume)
+        # The relay calls this per chunk: the bound method of the feed, nothing more.
+        self.add: Callable[[bytes], None] = self.feed.add
 
-    def add(self, data: bytes) -> None:
-        self.total += len(data)
-        self.sha.update(data)
-        room = self.cap - self.kept
-        if room > 0:
-            if self.file is None:
-                self.file = _open_private(self.path)
-            piece = data[:room]
-            self.file.write(piece)
-            self.kept += len(piece)
+    def _consume(self, batch: list[bytes]) -> None:
+        for data in batch:
+            self.total += len(data)
+            self.sha.update(data)
+            room = self.cap - self.kept
+            if room > 0 and self.error is None:
+                piece = data if len(data) <= room else data[:room]
+                self.kept += len(piece)
+                try:
+                    if self.file is None:
+                        self.file = _open_private(self.path)
+                    self.file.write(piece)
+                except OSError as exc:
+                    self.error = exc
 
     def close(self) -> dict[str, Any]:
+        """The stream's summary (on the recording thread, after its bytes); raises OSError."""
         if self.file is not None:
             self.file.close()
+        if self.error is not None:
+            raise self.error
         return {
             "file": self.path.name if self.kept else None,
             "bytes": self.total,
@@ -164,6 +237,11 @@ class RawLog:
 
     def close(self, extra: dict[str, Any]) -> str:
         """Close the streams and write their summary; returns the summary's SHA-256."""
+        for stream in (self.input, self.output, self.stderr):
+            stream.feed.flush()
+        return after_pending(lambda: self._close(extra))
+
+    def _close(self, extra: dict[str, Any]) -> str:
         summary = {
             "format": "raw",
             "stdin": self.input.close(),

@@ -34,6 +34,7 @@ from lockgate.errors import AuditUnavailable
 from lockgate.model import ResultSummary
 from lockgate.policy.ssh import SshRequest
 from lockgate.protocols.ssh import sftp as p
+from lockgate.proxy.ssh_recording import OrderedFeed, after_pending
 
 if TYPE_CHECKING:
     from lockgate.proxy.ssh_channel import SshContext
@@ -84,14 +85,30 @@ class _File:
     next_offset: int = 0
     sequential: bool = True
     sha: hashlib._Hash = field(default_factory=hashlib.sha256)
+    feed: OrderedFeed = field(init=False)
+
+    def __post_init__(self) -> None:
+        sha = self.sha
+
+        def consume(batch: list[bytes]) -> None:
+            for data in batch:
+                sha.update(data)
+
+        self.feed = OrderedFeed(consume)
 
     def add(self, offset: int, data: memoryview) -> None:
         self.bytes += len(data)
         if offset == self.next_offset and self.sequential:
-            self.sha.update(data)
+            # A copy (far cheaper than the hash) to hash on the recording thread.
+            self.feed.add(bytes(data))
             self.next_offset += len(data)
         else:
             self.sequential = False
+
+    def digest(self) -> str:
+        """The file's SHA-256 once every byte handed over is hashed."""
+        self.feed.flush()
+        return after_pending(self.sha.hexdigest)
 
 
 class SftpGuard:
@@ -327,7 +344,7 @@ class SftpGuard:
     def _finish_file(self, file: _File) -> None:
         import time
 
-        digest = f"sha256:{file.sha.hexdigest()}" if file.sequential else "non-sequential"
+        digest = f"sha256:{file.digest()}" if file.sequential else "non-sequential"
         self.ctx.finish(
             file.seq,
             ResultSummary(

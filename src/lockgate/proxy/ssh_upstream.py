@@ -14,6 +14,7 @@ import asyncssh
 from lockgate.config.model import Manifest
 from lockgate.config.ssh import SshResource
 from lockgate.errors import SecretError, UpstreamError
+from lockgate.proxy.ssh_transport import MAX_PACKET, WINDOW, coalesce_writes
 from lockgate.secrets.refs import resolve_secret
 from lockgate.secrets.store import SecretStore
 
@@ -26,6 +27,9 @@ class _PinnedHostKey(asyncssh.SSHClient):
     def __init__(self, fingerprint: str) -> None:
         self.fingerprint = fingerprint
         self.seen: str | None = None
+
+    def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
+        coalesce_writes(conn)
 
     def validate_host_public_key(
         self, host: str, addr: str, port: int, key: asyncssh.SSHKey
@@ -110,6 +114,8 @@ async def connect_target(
             encryption_algs=_CIPHERS,
             keepalive_interval=30,
             encoding=None,
+            window=WINDOW,
+            max_pktsize=MAX_PACKET,
         )
     except asyncssh.HostKeyNotVerifiable:
         log.error(

@@ -1,0 +1,113 @@
+"""Joined socket writes under asyncssh connections: same bytes, same order, fewer writes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncssh
+
+from lockgate.proxy.ssh_transport import CoalescingTransport, coalesce_writes
+
+
+class _Recorder(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+async def test_writes_of_one_loop_turn_become_one_and_close_flushes_them() -> None:
+    loop = asyncio.get_running_loop()
+    received: list[_Recorder] = []
+
+    def factory() -> _Recorder:
+        received.append(_Recorder())
+        return received[-1]
+
+    server = await loop.create_server(factory, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    transport, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+    writes: list[bytes] = []
+    real_write = transport.write
+
+    def counting_write(data: bytes | bytearray | memoryview) -> None:
+        writes.append(bytes(data))
+        real_write(data)
+
+    transport.write = counting_write  # type: ignore[method-assign]
+    joined = CoalescingTransport(transport, loop)
+    for i in range(5):
+        joined.write(b"packet-%d;" % i)
+    assert writes == []  # nothing yet: the turn is not over
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert writes == [b"packet-0;packet-1;packet-2;packet-3;packet-4;"]
+    joined.write(b"last words")
+    joined.close()  # pending bytes go out before the close
+    await asyncio.wait_for(received[0].closed, 5)
+    assert bytes(received[0].data) == b"packet-0;packet-1;packet-2;packet-3;packet-4;last words"
+    assert joined.is_closing()  # everything else reaches the real transport
+    server.close()
+    await server.wait_closed()
+
+
+async def test_asyncssh_connections_still_hold_their_transport_where_we_look() -> None:
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    seen: list[bool] = []
+
+    class Server(asyncssh.SSHServer):
+        def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+            seen.append(coalesce_writes(conn))
+
+        def begin_auth(self, username: str) -> bool:
+            return False  # no authentication needed
+
+    class Client(asyncssh.SSHClient):
+        def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
+            seen.append(coalesce_writes(conn))
+
+    server = await asyncssh.create_server(
+        Server, "127.0.0.1", 0, server_host_keys=[key], process_factory=_echo
+    )
+    port = server.sockets[0].getsockname()[1]
+    async with asyncssh.connect(
+        "127.0.0.1", port, known_hosts=None, client_factory=Client, username="u"
+    ) as conn:
+        done = await conn.run("hello", input="through joined writes\n", check=True)
+    assert done.stdout == "hello: through joined writes\n"
+    assert seen == [True, True]
+    server.close()
+    await server.wait_closed()
+
+
+async def _echo(process: asyncssh.SSHServerProcess[str]) -> None:
+    line = await process.stdin.readline()
+    process.stdout.write(f"{process.command}: {line}")
+    process.exit(0)
+
+
+async def test_abort_still_sends_what_was_written_before_it() -> None:
+    loop = asyncio.get_running_loop()
+    received: list[_Recorder] = []
+
+    def factory() -> _Recorder:
+        received.append(_Recorder())
+        return received[-1]
+
+    server = await loop.create_server(factory, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    transport, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+    joined = CoalescingTransport(transport, loop)
+    joined.write(b"lockgate: session ended: why\n")
+    joined.write(b"disconnect")
+    joined.abort()  # what asyncssh does right after its disconnect message
+    await asyncio.wait_for(received[0].closed, 5)
+    assert bytes(received[0].data) == b"lockgate: session ended: why\ndisconnect"
+    server.close()
+    await server.wait_closed()
