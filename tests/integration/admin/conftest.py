@@ -103,7 +103,7 @@ def admin_gateway(
             manifest = _manifest(free_port(), database, pg_server, provider, secret)
             gw = start_gateway(folder / "gw", manifest)
             try:
-                url = _console_url(gw)
+                url = console_url(gw)
                 yield AdminGateway(gw, url, provider, database)
             finally:
                 gw.stop()
@@ -114,7 +114,7 @@ def admin_gateway(
             c.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
-def _console_url(gw: RunningGateway) -> str:
+def console_url(gw: RunningGateway) -> str:
     marker = "lockgate: admin console on "
     for _ in range(300):
         for line in gw.log().splitlines():
