@@ -100,3 +100,19 @@ async def test_nothing_to_check_makes_no_query(manifest: Manifest, engine: Engin
     policy = _policy(manifest, engine)
     engine.dispose()
     assert await policy.verdicts([], NOW) == []
+
+
+async def test_sessions_an_admin_ended_end_with_the_reason(
+    manifest: Manifest, engine: Engine
+) -> None:
+    from lockgate.identity.session_limits import ended_by_admin, request_end
+
+    policy = _policy(manifest, engine)
+    one, two = _session("s-1"), _session("s-2")
+    assert await policy.verdicts([one, two], NOW) == []
+    assert request_end(engine, "s-1", "ada", "INC-7")
+    assert not request_end(engine, "s-1", "bob", "again")  # the first request stands
+    (verdict,) = await policy.verdicts([one, two], NOW)
+    assert verdict.session is one and verdict.end is SessionEnd.ENDED_BY_ADMIN
+    assert verdict.message == "ended by administrator ada: INC-7"
+    assert ended_by_admin(engine, []) == {}
