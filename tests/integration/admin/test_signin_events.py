@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import queue
+import socket
 import threading
 import urllib.parse
 from typing import Any
@@ -66,6 +67,7 @@ class _Stream:
         self.events: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
         self.client = gw.client(token)
         self.ready = threading.Event()
+        self.sock: socket.socket | None = None
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
         assert self.ready.wait(10), "the event stream did not open"
@@ -74,6 +76,7 @@ class _Stream:
         name = ""
         try:
             with self.client.stream("GET", "/api/events") as r:
+                self.sock = r.extensions["network_stream"].get_extra_info("socket")
                 for line in r.iter_lines():
                     if line.startswith(":"):
                         self.ready.set()
@@ -95,6 +98,12 @@ class _Stream:
         raise AssertionError(f"no {name} event matched")
 
     def close(self) -> None:
+        # Shut the socket down (the reader sees EOF) rather than closing it under the
+        # reader's feet: a closed descriptor is reused by the next connection at once.
+        if self.sock is not None:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.thread.join(10)
+        assert not self.thread.is_alive()
         self.client.close()
 
 
