@@ -28,7 +28,15 @@ function Value({ v }: { v: Json }) {
   if (Array.isArray(v)) {
     if (v.every((x) => x === null || typeof x !== "object"))
       return <>{v.map(String).join(", ") || "—"}</>;
-    return <code class="json">{JSON.stringify(v)}</code>;
+    return (
+      <ul class="nested">
+        {v.map((x) => (
+          <li>
+            <Value v={x} />
+          </li>
+        ))}
+      </ul>
+    );
   }
   const entries = Object.entries(v);
   if (entries.length === 0) return <span class="muted">—</span>;

@@ -1,9 +1,16 @@
 // One session: its facts, its SSH recording (if any) and its statement timeline.
 import { useState } from "preact/hooks";
-import { get, type Me, messageOf, type SessionDetail, type TimelineEntry } from "../api";
+import {
+  get,
+  type Me,
+  messageOf,
+  type Review,
+  type SessionDetail,
+  type TimelineEntry,
+} from "../api";
 import { Badge, ErrorNote } from "../components/Badge";
 import { Player } from "../components/Player";
-import { Command } from "../components/Sql";
+import { Command, Sql } from "../components/Sql";
 import { formatCount, formatMs, formatTime } from "../format";
 import { useEvents, useLoad } from "../hooks";
 import { isAdmin } from "../roles";
@@ -16,9 +23,21 @@ export function SessionPage({ me, id }: { me: Me; id: string }) {
   );
   const [ending, setEnding] = useState(false);
   const [endAsked, setEndAsked] = useState(false);
+  // Statements of this session waiting for a reviewer are not in the timeline until they
+  // run; show them apart. (People who may not read the queue simply do not see this part.)
+  const held = useLoad(
+    () =>
+      get<{ items: Review[] }>("/api/reviews?status=pending&kind=statement").then((r) =>
+        r.items.filter((x) => x.session_id === id),
+      ),
+    [id],
+  );
   useEvents({
     session: (s) => {
       if ((s as { id?: string }).id === id) reload();
+    },
+    review: (r) => {
+      if ((r as Review).session_id === id) held.reload();
     },
   });
 
@@ -86,12 +105,28 @@ export function SessionPage({ me, id }: { me: Me; id: string }) {
           <dt>{s.protocol === "ssh" ? "Commands" : "Statements"}</dt>
           <dd>
             {formatCount(s.statements)} ({formatCount(s.denied)} denied, {formatCount(s.held)} held
-            {s.protocol === "ssh" ? "" : `, ${formatCount(s.masked_cells)} masked cells`})
+            {s.masked_cells > 0 ? `, ${formatCount(s.masked_cells)} masked cells` : ""})
           </dd>
         </div>
       </dl>
       {s.has_recording && (
         <Player src={recording} title={`Terminal recording of ${s.subject} on ${s.resource}`} />
+      )}
+      {held.data && held.data.length > 0 && (
+        <section aria-labelledby="held-heading">
+          <h2 id="held-heading">Waiting for review</h2>
+          <ul class="cards">
+            {held.data.map((r) => (
+              <li key={r.id} class="card">
+                <p>
+                  Held by rule <code>{r.rule}</code> since {formatTime(r.created_at)};{" "}
+                  <a href="/reviews">decide in the review queue</a>.
+                </p>
+                {r.statement && <Sql text={r.statement} />}
+              </li>
+            ))}
+          </ul>
+        </section>
       )}
       <Timeline entries={data.timeline} protocol={s.protocol} />
       {endAsked && s.live && (

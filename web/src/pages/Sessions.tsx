@@ -220,9 +220,6 @@ export function SessionsPage({ me }: { me: Me }) {
             <th scope="col" class="num">
               Held
             </th>
-            <th scope="col" class="num">
-              Masked cells
-            </th>
             <th scope="col">
               <span class="visually-hidden">Actions</span>
             </th>
@@ -256,7 +253,6 @@ export function SessionsPage({ me }: { me: Me }) {
               <td class="num">{formatCount(s.statements)}</td>
               <td class="num">{formatCount(s.denied)}</td>
               <td class="num">{formatCount(s.held)}</td>
-              <td class="num">{formatCount(s.masked_cells)}</td>
               <td>
                 {s.live && isAdmin(me) && (
                   <button
