@@ -120,7 +120,7 @@ def sign_in_with_token(page: Any, base_url: str, token: str) -> None:
     """Use the sign-in page's token form, as a person pasting a gateway token would."""
     page.goto(f"{base_url}/")
     page.get_by_label("Token", exact=True).fill(token)
-    page.get_by_role("button", name="Sign in with token").click()
+    page.get_by_role("button", name="Sign in with a token").click()
     page.get_by_test_id("whoami").wait_for()
 
 

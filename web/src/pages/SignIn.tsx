@@ -63,7 +63,7 @@ export function SignIn({ onSignedIn }: { onSignedIn: () => void }) {
             onInput={(e) => setToken((e.target as HTMLInputElement).value)}
           />
           <button type="submit" disabled={busy || !token.trim()}>
-            {busy ? "Signing in…" : "Sign in with token"}
+            {busy ? "Signing in…" : "Sign in with a token"}
           </button>
         </form>
       </section>
