@@ -280,6 +280,9 @@ def replay_cmd(config_path: Path, store_url: str | None, session_id: str, as_jso
         print_json(jsonable(found))
         return
     _replay(found)
+    if found["protocol"] == "ssh":
+        # The terminal output of its shells is in the recordings, not in the audit rows.
+        click.echo(f"\nplay its shells with: lockgate ssh-replay {found['id']}")
 
 
 def _replay(s: dict[str, Any]) -> None:

@@ -179,7 +179,10 @@ class SshPolicy:
     def decide(self, principal: Principal, resource: str, request: SshRequest) -> Decision:
         rules = [r for r in self._rules if r.applies(principal, resource)]
         if request.kind == "exec":
-            return self._command(rules, request)
+            decision = self._command(rules, request)
+            if decision.allowed:
+                return self._legacy_scp(rules, request.text) or decision
+            return decision
         if request.kind == "shell-line":
             decision = self._command(rules, request)
             if decision.kind is DecisionKind.REVIEW:
@@ -235,6 +238,34 @@ class SshPolicy:
                         return d
                     break
         return ALLOW
+
+    def _legacy_scp(self, rules: list[_Rule], text: str) -> Decision | None:
+        """Path rules for the original scp protocol (`scp -O`): `scp -f/-t PATH` on the target.
+
+        Its file data is not parsed (it is recorded as the exec's raw streams), but the paths
+        it names are checked like SFTP requests, so `-O` is no way around a path rule.
+        """
+        if not any(r.rule.paths or r.rule.directions for r in rules):
+            return None
+        try:
+            simple = split_commands(text)
+        except Unparsable:
+            return None
+        for argv in simple:
+            if posixpath.basename(argv[0]) != "scp":
+                continue
+            flags = "".join(a[1:] for a in argv[1:] if a.startswith("-") and a != "--")
+            direction = "download" if "f" in flags else "upload" if "t" in flags else ""
+            if not direction:
+                continue
+            paths = [a for a in argv[1:] if not a.startswith("-")]
+            if "--" in argv:
+                paths = list(argv[argv.index("--") + 1 :])
+            for path in paths or ["."]:
+                d = self._file(rules, SshRequest("file", path=path, direction=direction))
+                if not d.allowed:
+                    return Decision(d.kind, d.rule, f"{d.reason} (scp -O)")
+        return None
 
     def _file(self, rules: list[_Rule], request: SshRequest) -> Decision:
         path = request.path

@@ -123,3 +123,15 @@ def test_scp_both_ways_and_legacy_scp_as_a_command(gateway: SshGateway, tmp_path
     session = ended_session(gateway, "scp-user")
     (cmd,) = [c for c in session["commands"] if c["kind"] == "ssh.exec"]
     assert cmd["text"].startswith("scp -t ")
+
+
+def test_legacy_scp_cannot_get_around_a_path_rule(gateway: SshGateway, tmp_path: Path) -> None:
+    token = gateway.token("scp-old")
+    r = _scp(gateway, token, "-O", "target@127.0.0.1:/etc/hostname", str(tmp_path / "h"))
+    assert r.returncode != 0
+    assert b"lockgate: refused: rule 'no-etc-download' denies download of '/etc/hostname'" in (
+        r.stderr
+    )
+    assert not (tmp_path / "h").exists()
+    (cmd,) = ended_session(gateway, "scp-old")["commands"]
+    assert (cmd["kind"], cmd["decision"], cmd["rule"]) == ("ssh.exec", "deny", "no-etc-download")

@@ -98,6 +98,9 @@ def test_shell_output_is_recorded_as_printed(gateway: SshGateway) -> None:
     replay = gateway.cli("ssh-replay", str(session["id"])[:8], "--no-wait")
     # (text mode: universal newlines turn \r\n and \r into \n)
     assert replay.stdout == output.replace("\r\n", "\n").replace("\r", "\n")
+    # The audit's replay lists the session's commands and points at the shell player.
+    trail = gateway.cli("replay", str(session["id"]))
+    assert f"play its shells with: lockgate ssh-replay {session['id']}" in trail.stdout
 
 
 def test_typed_line_matching_a_deny_rule_ends_the_session(

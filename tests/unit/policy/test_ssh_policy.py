@@ -144,3 +144,19 @@ def test_remote_forwarding_destinations_name_where_the_target_listens() -> None:
     assert policy.decide(ALICE, "web", ok).allowed
     wide = SshRequest("forward", forwarding="remote", destination="0.0.0.0:8080")
     assert not policy.decide(ALICE, "web", wide).allowed
+
+
+def test_legacy_scp_paths_meet_the_sftp_path_rules() -> None:
+    policy = _policy(
+        {"name": "no-etc-download", "paths": ["/etc/*"], "directions": ["download"]},
+        {"name": "no-uploads", "groups": ["contractors"], "directions": ["upload"]},
+    )
+    fetch = policy.decide(ALICE, "web", SshRequest("exec", text="scp -f /etc/shadow"))
+    assert (fetch.kind, fetch.rule) == (DecisionKind.DENY, "no-etc-download")
+    assert fetch.reason.endswith("(scp -O)")
+    tree = policy.decide(ALICE, "web", SshRequest("exec", text="scp -r -f -- /etc"))
+    assert tree.rule == "no-etc-download"
+    assert policy.decide(ALICE, "web", SshRequest("exec", text="scp -f /srv/a")).allowed
+    assert policy.decide(ALICE, "web", SshRequest("exec", text="scp -t /srv/")).allowed
+    upload = policy.decide(BOB, "web", SshRequest("exec", text="scp -v -t /srv/"))
+    assert upload.rule == "no-uploads"
