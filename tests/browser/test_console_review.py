@@ -65,14 +65,32 @@ def console(
     secret = directory / "console-client-secret"
     secret.write_text("unused-by-the-mock\n")
     admin_port = free_port()
-    manifest = base_manifest(free_port(), [local_resource("itdb", it_database, host, port, user)])
+    manifest = base_manifest(
+        free_port(),
+        [
+            local_resource("itdb", it_database, host, port, user),
+            local_resource("jitdb", it_database, host, port, user),
+        ],
+        access=[
+            {"name": "it-group", "resources": ["itdb"], "groups": ["it"]},
+            {"name": "jit", "resources": ["jitdb"], "groups": ["sre"], "requires_grant": True},
+        ],
+    )
     manifest["identity"] = {"oidc": [{"issuer": provider, "audiences": ["lockgate"]}]}
     manifest["guardrails"] = {
         "rules": [{"name": "hold-payments", "match": {"writes": ["payments"]}, "action": "review"}]
     }
     manifest["approvals"] = {
         "poll_interval": 0.2,
-        "rules": [{"name": "payments", "guardrails": ["hold-payments"], "reviewers": ["sre"]}],
+        "rules": [
+            {
+                "name": "payments",
+                "requests": ["statement"],
+                "guardrails": ["hold-payments"],
+                "reviewers": ["sre"],
+            },
+            {"name": "jit", "requests": ["grant"], "resources": ["jitdb"], "reviewers": ["dba"]},
+        ],
     }
     manifest["admin"] = {
         "listen": f"127.0.0.1:{admin_port}",
@@ -273,3 +291,27 @@ def test_find_the_session_by_its_statement_text(
     assert "approved by rita@example.com" in text  # the review's outcome, in the record
     assert_accessible(page, "the session timeline")
     screenshot(page, "console-session-timeline")
+
+
+def test_request_access_from_my_requests(reviewer_page: Any, console: Console) -> None:
+    page = reviewer_page
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="My requests").click()
+    page.get_by_role("heading", name="My requests").wait_for()
+    page.get_by_label("Resource").fill("jitdb")
+    page.get_by_label("For how long").select_option("30m")
+    page.get_by_label("Reason").fill("incident INC-42: look at the stuck payments")
+    page.get_by_role("button", name="Send request").click()
+    page.get_by_role("status").filter(has_text="Request sent").wait_for()
+    row = page.locator("table.data tr", has_text="INC-42")
+    row.wait_for()
+    assert "jitdb" in row.inner_text() and "pending" in row.inner_text()
+    assert "30m" in row.inner_text()
+    assert_accessible(page, "my requests")
+    screenshot(page, "console-my-requests")
+
+    # In the queue it waits for the dba group: this reviewer sees it but may not decide it.
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Review queue").click()
+    card = page.locator("article.review", has_text="INC-42")
+    card.wait_for()
+    assert "Access request" in card.inner_text() and "dba" in card.inner_text()
+    assert card.get_by_role("button", name="Approve").count() == 0
