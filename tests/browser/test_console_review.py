@@ -160,6 +160,12 @@ def test_sign_in_through_the_oidc_provider(page: Any, console: Console) -> None:
     assert_accessible(page, "the review queue")
     screenshot(page, "console-signed-in")
 
+    # When the session goes (here: the cookies), the next page the person opens asks them to
+    # sign in again instead of showing errors.
+    page.context.clear_cookies()
+    nav.get_by_role("link", name="Sessions").click()
+    page.get_by_role("heading", name="Sign in to Lockgate").wait_for()
+
 
 def test_keyboard_reaches_the_content_and_focus_is_visible(
     reviewer_page: Any, console: Console

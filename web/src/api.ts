@@ -106,6 +106,9 @@ export interface AuthConfig {
   provider: string | null;
 }
 
+/** Dispatched on window when the API says the browser is no longer signed in. */
+export const SIGNED_OUT = "lockgate:signed-out";
+
 export class ApiError extends Error {
   constructor(
     readonly status: number,
@@ -155,6 +158,9 @@ export async function request<T>(method: string, path: string, body?: unknown): 
       parsed = undefined;
     }
   }
+  if (resp.status === 401 && path !== "/api/me" && path !== "/api/auth/token")
+    // The session ended (expired, signed out elsewhere, token revoked): back to sign-in.
+    window.dispatchEvent(new Event(SIGNED_OUT));
   if (!resp.ok)
     throw new ApiError(resp.status, detailOf(parsed, `${resp.status} ${resp.statusText}`));
   return parsed as T;

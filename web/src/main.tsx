@@ -1,6 +1,6 @@
 import { render } from "preact";
 import { useEffect, useRef, useState } from "preact/hooks";
-import { ApiError, get, type Me, post } from "./api";
+import { ApiError, get, type Me, post, SIGNED_OUT } from "./api";
 import { ErrorNote } from "./components/Badge";
 import { ConfigPage } from "./pages/Config";
 import { MyRequestsPage } from "./pages/MyRequests";
@@ -67,6 +67,9 @@ function App() {
 
   useEffect(() => {
     void loadMe();
+    const signedOut = () => setMe(null);
+    window.addEventListener(SIGNED_OUT, signedOut);
+    return () => window.removeEventListener(SIGNED_OUT, signedOut);
   }, []);
 
   useEffect(() => {
