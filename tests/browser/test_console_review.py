@@ -183,6 +183,7 @@ def test_keyboard_reaches_the_content_and_focus_is_visible(
     # The first control of the page comes next: the statement-text search box.
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.id") == "f-q"
+    screenshot(page, "console-keyboard-focus")
 
 
 @dataclass
