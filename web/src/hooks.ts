@@ -69,7 +69,7 @@ export function useLoad<T>(
     return () => {
       cancelled = true;
     };
-    // eslint-disable-next-line react-hooks/exhaustive-deps
-  }, [...deps, tick]);
+  }, [...deps, tick]); // `fn` changes every render; `deps` say when it means something new
+
   return { data, error, loading, reload: () => setTick((t) => t + 1) };
 }

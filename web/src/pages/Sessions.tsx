@@ -58,10 +58,10 @@ export function SessionsPage({ me }: { me: Me }) {
     }
   };
 
+  // Reload when the filters in the URL change (`key` is their query string).
   useEffect(() => {
     setDraft(filters);
     void load(null);
-    // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [key]);
 
   // A session that starts or ends elsewhere updates its row; new ones appear on the live view.
