@@ -83,6 +83,7 @@ class RowGate:
         self.rows += j - i
         if j < n and buf[spans[j][0]] == _D:
             self.state = PAUSED
+            self.note = f"paused at {self.rows} rows for review"
         return j
 
     async def review(
