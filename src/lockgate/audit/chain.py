@@ -118,6 +118,8 @@ KIND_NAMES = {
 }
 _TIMES = frozenset({"started_at", "ended_at", "finished_at", "at"})
 _FLOATS = frozenset({"duration_ms"})
+
+
 # Full-text rows are keyed by chain id and event seq: 2**40 events per chain.
 FTS_SHIFT = 40
 
@@ -141,16 +143,27 @@ def ts_text(value: Any) -> str | None:
     return moment.isoformat(" ", "microseconds")
 
 
+def _converter(name: str) -> Any:
+    if name in _TIMES:
+        return ts_text
+    return float if name in _FLOATS else None
+
+
+_CONVERTERS: dict[str, tuple[tuple[str, Any], ...]] = {
+    kind: tuple((name, _converter(name)) for name in names) for kind, names in EVENT_FIELDS.items()
+}
+
+
 def event_digest(kind: str, row: Mapping[str, Any]) -> bytes:
     """SHA-256 of an event's canonical encoding, from its row's column values."""
     values: list[Any] = [kind]
-    for name in EVENT_FIELDS[kind]:
+    append = values.append
+    # The ingester runs this for every event: the field kinds are looked up once per kind.
+    for name, conv in _CONVERTERS[kind]:
         v = row[name]
-        if name in _TIMES:
-            v = ts_text(v)
-        elif name in _FLOATS and v is not None:
-            v = float(v)
-        values.append(v)
+        if conv is not None and v is not None:
+            v = conv(v)
+        append(v)
     optional = OPTIONAL_FIELDS.get(kind)
     if optional is not None and row.get(optional[0]) is not None:
         values.extend(row.get(name) for name in optional)

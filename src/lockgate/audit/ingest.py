@@ -23,7 +23,7 @@ import os
 import threading
 import time
 import zlib
-from base64 import b64decode
+from binascii import a2b_base64
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -266,9 +266,13 @@ def to_batch(records: list[list[Any]], ts: Any) -> Batch:
             #  (, format, base64 data, rows kept, rows dropped, bytes dropped)]
             result: tuple[Any, ...] = _NO_RESULT
             if len(r) > 10:
-                raw = b64decode(r[11])
+                raw = a2b_base64(r[11])
                 result = (hashlib.sha256(raw).hexdigest(), *r[12:15])
-                batch.result_rows.append((r[8], r[9], r[10], CODEC, zlib.compress(raw, 1)))
+                # Small results do not shrink, and a deflate stream costs more to set up.
+                if len(raw) < _COMPRESS_FROM:
+                    batch.result_rows.append((r[8], r[9], r[10], "raw", raw))
+                else:
+                    batch.result_rows.append((r[8], r[9], r[10], CODEC, zlib.compress(raw, 1)))
             i = started.get((r[8], r[9]))
             if i is None:
                 batch.cmd_updates.append((ts(r[1]), *r[2:8], *result, r[8], r[9]))
@@ -288,6 +292,7 @@ _NO_OUTCOME = (None,) * 11
 _NO_RESULT = (None,) * 4
 # How captured results are compressed in the store (level 1: the ingester shares the CPU).
 CODEC = "zlib"
+_COMPRESS_FROM = 256
 
 
 def _json(value: Any) -> str:

@@ -149,6 +149,8 @@ def get_session(engine: Engine, id_or_prefix: str) -> dict[str, Any] | None:
 
 def _inflate(codec: str, data: bytes) -> bytes | None:
     """A captured result's bytes (None when the stored codec is unknown or the data damaged)."""
+    if codec == "raw":
+        return data
     if codec != "zlib":
         return None
     try:

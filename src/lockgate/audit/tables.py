@@ -130,7 +130,8 @@ commands = Table(
 Index("ix_commands_started_at", commands.c.started_at)
 
 # What the client received for a command (result rows after masking, up to the resource's
-# caps), in the protocol's own messages (`format`, e.g. `pgwire`), compressed (`codec`).
+# caps), in the protocol's own messages (`format`, e.g. `pgwire`), compressed (`codec`:
+# `zlib`, or `raw` for results too small to shrink).
 # Its hash is in the command's chained outcome; deleted with the command.
 command_results = Table(
     "command_results",

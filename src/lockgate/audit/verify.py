@@ -394,7 +394,10 @@ def _results(conn: Connection, sample: int = 5) -> list[Finding]:
             bad["deleted"].append(name)
             continue
         try:
-            raw = zlib.decompress(bytes(row.data)) if row.codec == "zlib" else b""
+            data = bytes(row.data)
+            raw = zlib.decompress(data) if row.codec == "zlib" else b""
+            if row.codec == "raw":
+                raw = data
         except zlib.error:
             raw = b""
         if hashlib.sha256(raw).hexdigest() != row.result_sha256:

@@ -210,7 +210,9 @@ class StoreWriter:
     def timestamp(self, epoch: float) -> Any:
         """A journal timestamp (seconds since the epoch) as the store's driver wants it."""
         moment = datetime.fromtimestamp(epoch, UTC)
-        return _iso(moment) if self._fast_ts else self._ts(moment)
+        if self._fast_ts:
+            return moment.isoformat(" ", "microseconds")[:-6]  # _iso without "+00:00"
+        return self._ts(moment)
 
     def connect(self) -> None:
         if self._sqlite_path is not None:
