@@ -187,7 +187,11 @@ async def current_caller(
     if request.method not in _SAFE_METHODS:
         sent = request.headers.get(CSRF_HEADER, "")
         cookie = request.cookies.get(CSRF_COOKIE, "")
-        if not sent or not secrets.compare_digest(sent, cookie) or sent != csrf:
+        # Double submit (header = cookie), and bound to this session (= the stored value).
+        matches = secrets.compare_digest(sent.encode(), cookie.encode()) and secrets.compare_digest(
+            sent.encode(), csrf.encode()
+        )
+        if not sent or not matches:
             raise HTTPException(
                 403, detail=f"missing or wrong {CSRF_HEADER} header (copy the {CSRF_COOKIE} cookie)"
             )

@@ -85,6 +85,8 @@ def _safe_next(value: str | None) -> str:
     """Only a path on this console: never another site (an open redirect)."""
     if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
         return "/"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        return "/"  # browsers drop tabs and newlines: "/\t/evil.example" would become "//..."
     return value
 
 

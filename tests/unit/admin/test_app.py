@@ -90,3 +90,23 @@ def test_cursor_round_trip() -> None:
 
     with pytest.raises(HTTPException):
         _parse_cursor("!!!")
+
+
+@pytest.mark.parametrize(
+    ("given", "safe"),
+    [
+        ("/sessions?live=true", "/sessions?live=true"),
+        ("/sessions?q=select x", "/sessions?q=select x"),
+        (None, "/"),
+        ("", "/"),
+        ("https://evil.example/", "/"),
+        ("//evil.example/", "/"),
+        ("/\\evil.example", "/"),
+        ("/\t/evil.example", "/"),
+        ("/\n/evil.example", "/"),
+    ],
+)
+def test_sign_in_returns_only_to_this_console(given: str | None, safe: str) -> None:
+    from lockgate.admin.signin import _safe_next
+
+    assert _safe_next(given) == safe
