@@ -322,15 +322,25 @@ async def request_access(body: AccessRequestIn, caller: CallerDep, ctx: Ctx) -> 
 
 @router.get("/grants", response_model=GrantList)
 async def list_grants(caller: CallerDep, ctx: Ctx, all: bool = False) -> dict[str, Any]:
-    """Active grants (`all=true`: expired and revoked too); others' only for admins/auditors."""
+    """Active grants (`all=true`: expired and revoked too): the caller's own, those on
+    resources whose access requests the caller reviews, everyone's for admins and auditors."""
     now = datetime.now(UTC)
     found = await asyncio.to_thread(ctx.approvals.list_grants, not all, now)
+    rules = ApprovalRules(ctx.manifest)
     items = [
         grant_json(g, now)
         for g in found
-        if caller.reads_everything or caller.owns(g.subject, g.issuer)
+        if caller.reads_everything
+        or caller.owns(g.subject, g.issuer)
+        or _reviews_grants_on(caller, rules, g.resource)
     ]
     return {"items": items}
+
+
+def _reviews_grants_on(caller: Caller, rules: ApprovalRules, resource: str) -> bool:
+    """Whether the caller reviews access requests for `resource` (and may revoke its grants)."""
+    rule = rules.for_grant(resource)
+    return rule is not None and not caller.principal.groups.isdisjoint(rule.reviewers)
 
 
 @router.post("/grants/{grant_id}/revoke", response_model=GrantOut)
@@ -341,8 +351,7 @@ async def revoke_grant(
     found = (await asyncio.to_thread(ctx.approvals.grants_by_id, [grant_id])).get(grant_id)
     if found is None:
         raise HTTPException(404, detail=f"no grant '{grant_id}'")
-    rule = ApprovalRules(ctx.manifest).for_grant(found.resource)
-    reviewer = rule is not None and not caller.principal.groups.isdisjoint(rule.reviewers)
+    reviewer = _reviews_grants_on(caller, ApprovalRules(ctx.manifest), found.resource)
     if not (caller.is_admin or reviewer):
         if not (caller.reads_everything or caller.owns(found.subject, found.issuer)):
             raise HTTPException(404, detail=f"no grant '{grant_id}'")

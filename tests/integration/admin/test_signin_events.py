@@ -168,6 +168,7 @@ def test_grants_listed_and_revoked_by_role(admin_gateway: AdminGateway) -> None:
         assert any(g["id"] == grant["id"] for g in everyone)
         assert c.post(f"/api/grants/{grant['id']}/revoke", json={"reason": "x"}).status_code == 403
     with admin_gateway.client(reviewer) as c:
+        assert any(g["id"] == grant["id"] for g in c.get("/api/grants").json()["items"])
         revoked = c.post(f"/api/grants/{grant['id']}/revoke", json={"reason": "INC closed"})
         assert revoked.status_code == 200, revoked.text
         assert revoked.json()["status"] == "revoked" and revoked.json()["revoked_by"] == "rev3"
