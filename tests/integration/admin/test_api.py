@@ -150,6 +150,19 @@ def test_cookie_session_needs_csrf_for_changes(
         made = c.post("/api/requests", json=body, headers={"X-CSRF-Token": csrf})
         assert made.status_code == 201, made.text
         assert made.json()["kind"] == "grant" and made.json()["can_decide"] is False
+        # Every state-changing endpoint checks it before anything else.
+        for path in (
+            "/api/reviews/x/approve",
+            "/api/reviews/x/deny",
+            "/api/sessions/x/end",
+            "/api/grants/x/revoke",
+        ):
+            refused = c.post(path, json={"reason": "r"})
+            assert refused.status_code == 403 and "CSRF" in refused.json()["detail"], path
+            with_csrf = c.post(path, json={"reason": "r"}, headers={"X-CSRF-Token": csrf})
+            # Past the CSRF check: refused for the role or the missing record instead.
+            assert with_csrf.status_code in (403, 404), path
+            assert "CSRF" not in with_csrf.json()["detail"], path
         assert c.post("/api/auth/logout").status_code == 403
         assert c.post("/api/auth/logout", headers={"X-CSRF-Token": csrf}).status_code == 204
         c.cookies.set("lockgate_session", session.split(";")[0].split("=", 1)[1])
