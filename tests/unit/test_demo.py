@@ -243,6 +243,15 @@ def test_demo_end_to_end(scratch: Path) -> None:
         assert "lockgate audit sessions -c tmp/lockgate.yaml" in ready
         approve = re.search(r"(lockgate reviews approve ID .*)", ready)
         assert approve is not None
+        # The admin console: its address and the admin token to sign in with.
+        console = re.search(r"(https://127\.0\.0\.1:\d+)/  -> .*\n\s+(\S+)\n", ready)
+        assert console is not None, ready
+        import httpx
+
+        with httpx.Client(base_url=console.group(1), verify=False, timeout=30) as c:
+            me = c.post("/api/auth/token", json={"token": console.group(2)})
+            assert me.status_code == 200, me.text
+            assert me.json()["subject"] == "admin" and "admin" in me.json()["roles"]
 
         done = subprocess.run(
             [*shlex.split(command), "-X", "-A", "-t", "-c", "select count(*) from customers"],
