@@ -98,7 +98,7 @@ def screenshot(page: Any, name: str) -> Path:
     return path
 
 
-def wait_http(url: str, timeout: float = 30.0) -> None:
+def wait_http(url: str, timeout: float = 60.0) -> None:
     """Wait until `url` answers over HTTPS (self-signed) with any HTTP status."""
     ctx = ssl.create_default_context()
     ctx.check_hostname = False

@@ -38,7 +38,9 @@ def replay_gateway(
         "roles": {"admin": ["secops"]},
         "events_interval": 0.2,
     }
-    gw = start_ssh_gateway(tmp_path_factory.mktemp("console-ssh"), manifest, sshd)
+    # A longer start: this gateway also imports the admin web stack, and the module may run
+    # first in the suite, on a loaded machine.
+    gw = start_ssh_gateway(tmp_path_factory.mktemp("console-ssh"), manifest, sshd, timeout=90)
     url = f"https://127.0.0.1:{admin_port}"
     try:
         wait_http(f"{url}/api/auth/config")

@@ -102,7 +102,7 @@ def console(
         "roles": {"admin": ["secops"], "auditor": ["audit"], "reviewer": ["sre"]},
         "events_interval": 0.2,
     }
-    gw = start_gateway(directory, manifest)
+    gw = start_gateway(directory, manifest, timeout=90)  # it also imports the admin web stack
     url = f"https://127.0.0.1:{admin_port}"
     try:
         wait_http(f"{url}/api/auth/config")

@@ -285,7 +285,9 @@ def ssh_manifest(
     }
 
 
-def start_ssh_gateway(directory: Path, manifest: dict[str, Any], target: Target) -> SshGateway:
+def start_ssh_gateway(
+    directory: Path, manifest: dict[str, Any], target: Target, *, timeout: float = 30.0
+) -> SshGateway:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "lockgate.yaml"
     path.write_text(yaml.safe_dump(manifest, sort_keys=False))
@@ -300,11 +302,11 @@ def start_ssh_gateway(directory: Path, manifest: dict[str, Any], target: Target)
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
     gw = SshGateway(directory, path, port, proc, log_path, target)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + timeout
     while "listening on" not in gw.log():
         if proc.poll() is not None or time.monotonic() > deadline:
             gw.stop()
-            raise RuntimeError(f"gateway did not start:\n{gw.log()}")
+            raise RuntimeError(f"gateway did not start in {timeout}s:\n{gw.log()}")
         time.sleep(0.05)
     gw.known_hosts.write_text(gw.cli("ssh-known-hosts").stdout)
     return gw
