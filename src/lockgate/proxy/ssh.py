@@ -16,11 +16,16 @@ certificate from `lockgate ssh-cert`, signed by the gateway's SSH CA.
    `_check_certificate` then re-verifies the identity behind it (`ssh_ca`) once the client
    proved it holds the key. Any refusal is shown to the client as an SSH banner naming the
    reason, recorded, and ends the connection (`Received disconnect ...: lockgate: ...`).
-2. Channels: each session channel is a `ChannelRelay` (shell, exec, subsystem). Port, agent
-   and X11 forwarding are refused unless an `ssh.rules` entry allows them; an allowed `-L`
-   channel is opened from the *target* (never from the gateway's network) and recorded.
+2. Channels: each session channel is a `ChannelRelay` (shell, exec, subsystem). Port
+   forwarding is refused unless an `ssh.rules` entry allows it; an allowed `-L` channel is
+   opened by the *target* and a `-R` listener is opened on the target (`ssh_forward`),
+   never from the gateway's network; each forwarded connection is recorded. Agent and X11
+   forwarding are recorded and refused.
 3. The end: when the client or the target goes away, the other side is closed and the
-   session record is completed with the bytes each way.
+   session record is completed with the bytes each way. Every `check_interval`,
+   `SshEngine.watch_sessions` asks the gate which live sessions must end (token expired
+   or revoked, grant ended, `max_session`); `end_live` tells each channel why on its
+   stderr, closes it, and disconnects a moment later.
 
 Every refusal goes through `_refuse`, the one place that maps an error to its code, banner
 and audit record.

@@ -8,6 +8,11 @@ audit journal records *before* the gateway opens the same kind of channel on the
 denied or unrecordable command never reaches the target: the client reads why on stderr and
 gets exit status 126 (denied) or 1 (not recorded).
 
+An exec command a `review` rule matches is held first (`_review`): an approval request is
+stored through the gate's broker, the client is told on stderr which request it waits for
+and how a reviewer approves it, and the command runs (once) on approval or is refused with
+the outcome; a client that goes away withdraws the request.
+
 While the target's channel opens, client bytes are held (and the client paused). Then bytes
 flow both ways as they come; each side's full send window pauses the other side's reading.
 Shell output goes to an asciicast recording; exec and subsystem streams to raw logs. An SFTP
