@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -135,3 +136,5 @@ class ResultSummary:
     duration_ms: float = 0.0
     # The result rows kept for replay (database sessions with capture on).
     result: CapturedResult | None = None
+    # Cells masked in what the client received, per masking rule (None: nothing masked).
+    masked: Mapping[str, int] | None = None

@@ -119,8 +119,7 @@ def session_json(ctx: AdminContext, row: dict[str, Any]) -> dict[str, Any]:
         "statements": int(row.get("statements") or 0),
         "denied": int(row.get("denied") or 0),
         "held": int(row.get("held") or 0),
-        # Masked cells are not counted in the audit store yet (see docs/admin-api.md).
-        "masked_cells": 0,
+        "masked_cells": int(row.get("masked_cells") or 0),
         "has_recording": row["protocol"] == "ssh" and bool(_recordings(ctx, row["id"])),
     }
 
@@ -140,7 +139,7 @@ def _entry(c: dict[str, Any]) -> dict[str, Any]:
         "reason": c.get("reason") or "",
         "status": c.get("status"),
         "rows": c.get("rows"),
-        "masked_cells": None,
+        "masked_cells": c.get("masked_cells"),
         "duration_ms": c.get("duration_ms"),
         "error": error,
         "approval_id": found.group(1) if found else None,
@@ -214,8 +213,12 @@ class Filters:
             t = approval_requests.c
             where.append(exists(select(t.id).where(t.session_id == sessions.c.id)))
         elif self.decision == "masked":
-            raise HTTPException(
-                422, detail="decision=masked: masked cells are not recorded in the audit yet"
+            where.append(
+                exists(
+                    select(commands.c.seq).where(
+                        commands.c.session_id == sessions.c.id, commands.c.masked_cells > 0
+                    )
+                )
             )
         subject, issuer = self.subject, None
         if not caller.reads_everything:

@@ -167,7 +167,18 @@ def event_digest(kind: str, row: Mapping[str, Any]) -> bytes:
     optional = OPTIONAL_FIELDS.get(kind)
     if optional is not None and row.get(optional[0]) is not None:
         values.extend(row.get(name) for name in optional)
+    if kind == "F" and row.get("masked_cells") is not None:
+        # Tagged, so it cannot be read as result fields; pairs, so key order cannot differ.
+        values.append(["masked", row["masked_cells"], masked_pairs(row.get("masked_by_rule"))])
     return hashlib.sha256(orjson.dumps(values)).digest()
+
+
+def masked_pairs(value: Any) -> list[list[Any]]:
+    """Masked cells per rule as sorted [rule, count] pairs, from the column's text or dict."""
+    if value is None:
+        return []
+    per_rule = orjson.loads(value) if isinstance(value, str | bytes) else value
+    return sorted([str(k), int(v)] for k, v in per_rule.items())
 
 
 def genesis(name: str) -> bytes:

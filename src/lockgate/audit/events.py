@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from lockgate.audit.chain import EVENT_FIELDS, OPTIONAL_FIELDS, ts_text
+from lockgate.audit.chain import EVENT_FIELDS, OPTIONAL_FIELDS, masked_pairs, ts_text
 
 SCHEMA_VERSION = 2
 
@@ -66,6 +66,9 @@ def build(chain: str, kind: str, seq: int, hash_: bytes, row: Mapping[str, Any])
     if optional is not None and row.get(optional[0]) is not None:
         for name in optional:
             event[name] = row.get(name)
+    if kind == "F" and row.get("masked_cells") is not None:
+        event["masked_cells"] = row["masked_cells"]
+        event["masked_by_rule"] = dict(masked_pairs(row.get("masked_by_rule")))
     return event
 
 

@@ -263,9 +263,18 @@ def to_batch(records: list[list[Any]], ts: Any) -> Batch:
             )
         elif kind == "F":
             # [F, at, rows, status, error_code, error_message, bytes_out, duration_ms, session, seq
-            #  (, format, base64 data, rows kept, rows dropped, bytes dropped)]
+            #  (, format, base64 data, rows kept, rows dropped, bytes dropped
+            #   (, masked cells per rule)))]; the result fields are None when not captured.
             result: tuple[Any, ...] = _NO_RESULT
-            if len(r) > 10:
+            if len(r) > 15 and r[15]:
+                per_rule = {str(k): int(v) for k, v in r[15].items()}
+                masked: tuple[Any, ...] = (
+                    sum(per_rule.values()),
+                    orjson.dumps(per_rule, option=orjson.OPT_SORT_KEYS).decode(),
+                )
+            else:
+                masked = _NO_MASKED
+            if len(r) > 10 and r[11] is not None:
                 raw = a2b_base64(r[11])
                 result = (hashlib.sha256(raw).hexdigest(), *r[12:15])
                 # Small results do not shrink, and a deflate stream costs more to set up.
@@ -275,9 +284,9 @@ def to_batch(records: list[list[Any]], ts: Any) -> Batch:
                     batch.result_rows.append((r[8], r[9], r[10], CODEC, zlib.compress(raw, 1)))
             i = started.get((r[8], r[9]))
             if i is None:
-                batch.cmd_updates.append((ts(r[1]), *r[2:8], *result, r[8], r[9]))
+                batch.cmd_updates.append((ts(r[1]), *r[2:8], *result, *masked, r[8], r[9]))
             else:
-                batch.cmd_rows[i] = (*batch.cmd_rows[i][:10], ts(r[1]), *r[2:8], *result)
+                batch.cmd_rows[i] = (*batch.cmd_rows[i][:10], ts(r[1]), *r[2:8], *result, *masked)
         elif kind == "S":
             # [S, id, subject, groups, kind, issuer, token, resource, protocol, addr, user, app, at]
             batch.sess_rows.append((r[1], r[2], _json(r[3]), *r[4:12], ts(r[12])))
@@ -288,8 +297,9 @@ def to_batch(records: list[list[Any]], ts: Any) -> Batch:
     return batch
 
 
-_NO_OUTCOME = (None,) * 11
+_NO_OUTCOME = (None,) * 13
 _NO_RESULT = (None,) * 4
+_NO_MASKED = (None,) * 2
 # How captured results are compressed in the store (level 1: the ingester shares the CPU).
 CODEC = "zlib"
 _COMPRESS_FROM = 256

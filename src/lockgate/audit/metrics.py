@@ -68,6 +68,7 @@ class AuditMetrics:
         self.statements: Counter[_Labels] = Counter()
         self.decisions: Counter[_Labels] = Counter()
         self.errors: Counter[_Labels] = Counter()
+        self.masked: Counter[_Labels] = Counter()
         self.refusals: Counter[_Labels] = Counter()
         self.events = 0
         self.lag_seconds = 0.0
@@ -95,8 +96,11 @@ class AuditMetrics:
                     self.decisions[
                         (("decision", str(e["decision"])), ("rule", str(e["rule"] or "")))
                     ] += 1
-                elif kind == "command.outcome" and e["error_code"]:
-                    self.errors[(("code", str(e["error_code"])),)] += 1
+                elif kind == "command.outcome":
+                    if e["error_code"]:
+                        self.errors[(("code", str(e["error_code"])),)] += 1
+                    for rule, cells in (e.get("masked_by_rule") or {}).items():
+                        self.masked[(("rule", str(rule)),)] += cells
                 elif kind == "connection.refused":
                     self.refusals[(("code", str(e["code"])), ("protocol", str(e["protocol"])))] += 1
             self.events += len(events)
@@ -138,6 +142,12 @@ class AuditMetrics:
                 "counter",
                 "Statements that ended in an error, by SQLSTATE or code.",
                 dict(self.errors),
+            )
+            out.family(
+                "lockgate_masked_cells_total",
+                "counter",
+                "Result cells masked before they reached the client, by masking rule.",
+                dict(self.masked),
             )
             out.family(
                 "lockgate_refusals_total",

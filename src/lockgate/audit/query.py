@@ -47,6 +47,15 @@ def _denied_count() -> Any:
     )
 
 
+def _masked_sum() -> Any:
+    return (
+        select(func.coalesce(func.sum(commands.c.masked_cells), 0))
+        .where(commands.c.session_id == sessions.c.id)
+        .scalar_subquery()
+        .label("masked_cells")
+    )
+
+
 def _held_count() -> Any:
     from lockgate.approvals.tables import approval_requests as held
 
@@ -74,12 +83,17 @@ def list_sessions(
 ) -> list[dict[str, Any]]:
     """The most recent sessions first, with their statement count and duration.
 
-    Also counts denied statements, and with `held` the statements held for review (that
-    needs the approval tables in the store). `where`: more conditions
+    Also counts denied statements and masked cells, and with `held` the statements held
+    for review (that needs the approval tables in the store). `where`: more conditions
     on `sessions` (e.g. `search.in_group`); `before`: the (started_at, id) of the last
     session of a previous page, for keyset paging.
     """
-    counts = [_statement_count(), _denied_count(), *([_held_count()] if held else [])]
+    counts = [
+        _statement_count(),
+        _denied_count(),
+        _masked_sum(),
+        *([_held_count()] if held else []),
+    ]
     q = select(sessions, *counts)
     for condition in where:
         q = q.where(condition)

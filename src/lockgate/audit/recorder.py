@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 # Journal record kinds.
 _SESSION, _COMMAND, _REFUSAL, _FINISH, _END = "S", "C", "R", "F", "E"
+# An outcome's result fields when nothing was captured but cells were masked.
+_NO_RESULT = [None] * 5
 
 __all__ = ["AuditRecorder", "RecorderStats", "check_null_sink"]
 
@@ -261,6 +263,10 @@ class AuditRecorder:
         if r is not None:
             # The ingester hashes and compresses it (off this loop); base64 suits JSON framing.
             rec += [r.format, b64encode(r.data).decode(), r.rows, r.rows_dropped, r.bytes_dropped]
+        if summary.masked:
+            if r is None:
+                rec += _NO_RESULT
+            rec.append(dict(summary.masked))
         self._later(rec)
 
     def session_ended(

@@ -95,7 +95,9 @@ def search(engine: Engine, f: SearchFilter) -> list[dict[str, Any]]:
         where.append(c.c.started_at >= f.since)
     if f.until is not None:
         where.append(c.c.started_at < f.until)
-    if f.decision is not None:
+    if f.decision == "masked":
+        where.append(c.c.masked_cells > 0)
+    elif f.decision is not None:
         where.append(c.c.decision == f.decision)
     if f.rule is not None:
         where.append(c.c.rule == f.rule)

@@ -126,6 +126,10 @@ commands = Table(
     Column("result_rows", BigInteger),
     Column("result_rows_dropped", BigInteger),
     Column("result_bytes_dropped", BigInteger),
+    # Cells masked in what the client received: the total, and per masking rule (JSON
+    # object, keys sorted). None: nothing was masked. In the chain.
+    Column("masked_cells", BigInteger),
+    Column("masked_by_rule", JSONText),
 )
 Index("ix_commands_started_at", commands.c.started_at)
 

@@ -50,6 +50,8 @@ _COMMAND_FINISH_COLUMNS = (
     "result_rows",
     "result_rows_dropped",
     "result_bytes_dropped",
+    "masked_cells",
+    "masked_by_rule",
 )
 _SESSION_END_COLUMNS = ("ended_at", "end_reason", "bytes_from_client", "bytes_to_client", "error")
 

@@ -79,7 +79,11 @@ def verify_cmd(config_path: Path, store_url: str | None, as_json: bool) -> None:
 @click.option("--protocol", help="Only statements over this protocol (e.g. postgres).")
 @click.option("--since", "since_text", metavar="1h|ISO", help="Only statements since then.")
 @click.option("--until", "until_text", metavar="1h|ISO", help="Only statements before then.")
-@click.option("--decision", type=click.Choice(["allow", "deny", "review"]))
+@click.option(
+    "--decision",
+    type=click.Choice(["allow", "deny", "review", "masked"]),
+    help="What was decided; 'masked': statements whose results had cells masked.",
+)
 @click.option("--rule", help="Only statements decided by this rule.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")

@@ -814,7 +814,10 @@ class PgRelay:
         if op.seq == 0 or op.done:
             return
         op.done = True
-        note = self._masker.summary(op.mask) if self._masker is not None else ""
+        note = masked = None
+        if self._masker is not None and op.mask is not None and op.mask.counts:
+            note = self._masker.summary(op.mask)
+            masked = dict(op.mask.counts)
         summary = ResultSummary(
             rows=op.rows,
             status=op.status + note if note else op.status,
@@ -823,6 +826,7 @@ class PgRelay:
             bytes_out=op.bytes_out,
             duration_ms=(time.perf_counter() - op.started) * 1000.0,
             result=self._capture.result(op.capture) if self._capture is not None else None,
+            masked=masked,
         )
         if op.gate is not None:
             self._watching -= 1

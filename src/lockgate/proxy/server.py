@@ -19,6 +19,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lockgate import schema
 from lockgate.audit import recorder as audit_recorder
 from lockgate.audit.ingest import JournalIngester
 from lockgate.audit.metrics import AuditMetrics, MetricsServer
@@ -30,7 +31,6 @@ from lockgate.proxy.endpoint import Endpoint
 from lockgate.proxy.postgres import CancelRegistry, PostgresEngine
 from lockgate.proxy.ssh import SshEngine, ensure_host_key
 from lockgate.proxy.tls import listener_context
-from lockgate import schema
 from lockgate.store import open_engine
 from lockgate.tasks import running, spawn
 

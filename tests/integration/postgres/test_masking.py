@@ -490,3 +490,25 @@ def test_classify_suggests_rules(masked_gateway: RunningGateway) -> None:
     assert "masking:" in out and "rules:" in out
     # Suggestions, not data: no sampled value is printed.
     assert _leaks(out) == []
+
+
+def test_masked_cells_are_counted_per_statement_and_rule(
+    masked_gateway: RunningGateway, conn: Conn
+) -> None:
+    got = Received(conn)
+    got.run("SELECT ssn AS count_probe, email FROM customers ORDER BY id LIMIT 3")
+    got.run("SELECT id AS unmasked_probe FROM customers ORDER BY id LIMIT 3")
+    found = _audit_search(masked_gateway, "count_probe", "--decision", "masked")
+    per_rule = found["masked_by_rule"]
+    assert found["masked_cells"] == sum(per_rule.values()) == 6, found
+    assert set(per_rule) == {"pii"}, found
+    plain = _audit_search(masked_gateway, "unmasked_probe")
+    assert plain["masked_cells"] is None, plain
+    none = json.loads(
+        masked_gateway.cli(
+            "audit", "search", "unmasked_probe", "--decision", "masked", "--json"
+        ).stdout
+    )
+    assert none == []
+    # The counts are part of the chained outcome: the trail still verifies.
+    assert "verif" in masked_gateway.cli("audit", "verify").stdout.lower()

@@ -89,6 +89,26 @@ def test_label_values_are_escaped() -> None:
     assert 'rule="a \\"quoted\\"\\\\rule\\nname"' in text
 
 
+def test_masked_cells_are_counted_by_rule() -> None:
+    metrics = AuditMetrics()
+    outcome = {
+        "type": "command.outcome",
+        "time": "2026-01-02T03:04:05.000000Z",
+        "session_id": "x",
+        "error_code": None,
+    }
+    metrics.observe(
+        [
+            {**outcome, "masked_cells": 5, "masked_by_rule": {"pii": 3, "cards": 2}},
+            {**outcome, "masked_cells": 4, "masked_by_rule": {"pii": 4}},
+            outcome,
+        ]
+    )
+    text = metrics.render(None, None)
+    assert 'lockgate_masked_cells_total{rule="pii"} 7' in text
+    assert 'lockgate_masked_cells_total{rule="cards"} 2' in text
+
+
 async def test_journal_backlog_counts_what_is_not_ingested_yet(
     engine: Engine, journal_dir: Path
 ) -> None:

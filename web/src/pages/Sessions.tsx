@@ -140,6 +140,7 @@ export function SessionsPage({ me }: { me: Me }) {
             <option value="">Any</option>
             <option value="denied">Had a denial</option>
             <option value="held">Had a held statement</option>
+            <option value="masked">Had masked cells</option>
           </select>
         </div>
         <div class="field">
@@ -220,6 +221,9 @@ export function SessionsPage({ me }: { me: Me }) {
             <th scope="col" class="num">
               Held
             </th>
+            <th scope="col" class="num">
+              Masked cells
+            </th>
             <th scope="col">
               <span class="visually-hidden">Actions</span>
             </th>
@@ -253,6 +257,7 @@ export function SessionsPage({ me }: { me: Me }) {
               <td class="num">{formatCount(s.statements)}</td>
               <td class="num">{formatCount(s.denied)}</td>
               <td class="num">{formatCount(s.held)}</td>
+              <td class="num">{formatCount(s.masked_cells)}</td>
               <td>
                 {s.live && isAdmin(me) && (
                   <button
