@@ -28,20 +28,9 @@ log = logging.getLogger("lockgate.admin")
 
 def admin_tls_context(admin: Admin, manifest: Manifest) -> ssl.SSLContext | None:
     """The console's server TLS context (self-signed when no cert/key), or None without TLS."""
-    from lockgate.proxy.tls import ensure_self_signed
+    from lockgate.proxy.tls import server_context
 
-    if not admin.tls.enabled:
-        return None
-    if admin.tls.cert and admin.tls.key:
-        cert, key = manifest.path(admin.tls.cert), manifest.path(admin.tls.key)
-    else:
-        folder = manifest.state_dir / "tls"
-        cert, key = folder / "admin.crt", folder / "admin.key"
-        ensure_self_signed(cert, key, [admin.host])
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(str(cert), str(key))
-    return ctx
+    return server_context(admin.tls, manifest, "admin", admin.host)
 
 
 class _EmbeddedServer(uvicorn.Server):

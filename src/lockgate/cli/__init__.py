@@ -9,7 +9,16 @@ import click
 from lockgate import __version__
 
 _COMMAND_MODULES = (
-    "serve", "check", "token", "secret", "audit", "demo", "ssh", "classify", "policy", "login",
+    "serve",
+    "check",
+    "token",
+    "secret",
+    "audit",
+    "demo",
+    "ssh",
+    "classify",
+    "policy",
+    "login",
     "reviews",
 )
 

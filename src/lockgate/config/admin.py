@@ -7,24 +7,15 @@ gateway tokens are accepted as everywhere else.
 
 from __future__ import annotations
 
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
 from lockgate.config.common import Strict as _Strict
-from lockgate.config.common import credential_reference, parse_duration
+from lockgate.config.common import TLSListener, credential_reference, parse_duration
 from lockgate.config.sinks import Address
 
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-
-
-class AdminTLS(_Strict):
-    """Server-side TLS for the console. No cert/key given: a self-signed pair is generated."""
-
-    enabled: bool = True
-    cert: Path | None = None
-    key: Path | None = None
 
 
 class AdminSignIn(_Strict):
@@ -65,7 +56,7 @@ class Admin(_Strict):
     """The admin API and web console, served by one gateway process."""
 
     listen: Address = "127.0.0.1:8443"
-    tls: AdminTLS = AdminTLS()
+    tls: TLSListener = TLSListener()
     # The URL people open (behind a proxy or a DNS name); default: from `listen`.
     public_url: str | None = None
     oidc: AdminSignIn | None = None

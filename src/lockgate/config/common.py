@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -33,6 +34,14 @@ class Strict(BaseModel):
     """A manifest block: unknown keys are errors, values are frozen once loaded."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TLSListener(Strict):
+    """Server-side TLS for a listener. No cert/key given: a self-signed pair is generated."""
+
+    enabled: bool = True
+    cert: Path | None = None
+    key: Path | None = None
 
 
 class ListenerBase(Strict):

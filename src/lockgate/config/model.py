@@ -21,20 +21,13 @@ from lockgate.config.common import (
     NAME,
     ListenerBase,
     Strict,
+    TLSListener,
     credential_reference,
 )
 from lockgate.config.common import parse_duration as parse_duration  # re-exported
 from lockgate.config.sinks import Address, SinkList
 from lockgate.config.ssh import SshListener, SshResource, SshSettings
 from lockgate.config.windows import TimeWindow
-
-
-class TLSListener(Strict):
-    """Server-side TLS for a listener. No cert/key given: a self-signed pair is generated."""
-
-    enabled: bool = True
-    cert: Path | None = None
-    key: Path | None = None
 
 
 class Listener(ListenerBase):

@@ -135,7 +135,9 @@ class Endpoint(asyncio.Protocol):
             return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
         return str(peer or "local")
 
-    async def start_tls(self, context: object, *, server_side: bool, server_hostname: str | None = None) -> None:
+    async def start_tls(
+        self, context: object, *, server_side: bool, server_hostname: str | None = None
+    ) -> None:
         """Upgrade this connection to TLS in place (after SSLRequest was answered)."""
         import ssl
 

@@ -52,17 +52,21 @@ class UpstreamTarget:
 
 def forwardable_parameters(params: dict[str, str]) -> dict[str, str]:
     """The client's startup parameters that go on to the upstream server."""
-    return {k: v for k, v in params.items() if k not in _BLOCKED_PARAMS and not k.startswith("_pq_")}
+    return {
+        k: v for k, v in params.items() if k not in _BLOCKED_PARAMS and not k.startswith("_pq_")
+    }
 
 
-async def open_transport(host: str, port: int, timeout: float) -> Endpoint:
+async def open_transport(host: str, port: int, connect_timeout: float) -> Endpoint:
+    """A TCP (or, for a host that is a folder, unix socket) connection to the server."""
     loop = asyncio.get_running_loop()
     ep = Endpoint()
-    if host.startswith("/"):
-        path = os.path.join(host, f".s.PGSQL.{port}")
-        await asyncio.wait_for(loop.create_unix_connection(lambda: ep, path), timeout)
-    else:
-        await asyncio.wait_for(loop.create_connection(lambda: ep, host, port), timeout)
+    async with asyncio.timeout(connect_timeout):
+        if host.startswith("/"):
+            path = os.path.join(host, f".s.PGSQL.{port}")
+            await loop.create_unix_connection(lambda: ep, path)
+        else:
+            await loop.create_connection(lambda: ep, host, port)
     return ep
 
 
@@ -122,7 +126,13 @@ async def connect_upstream(
     try:
         ep = await open_transport(up.host, up.port, up.connect_timeout)
     except (OSError, TimeoutError) as exc:
-        log.warning("cannot reach upstream of resource %s at %s:%s: %s", resource.name, up.host, up.port, exc)
+        log.warning(
+            "cannot reach upstream of resource %s at %s:%s: %s",
+            resource.name,
+            up.host,
+            up.port,
+            exc,
+        )
         err = UpstreamError(
             f"the upstream server of resource '{resource.name}' is unreachable",
             hint="try again shortly; if it persists, tell an administrator",
@@ -174,7 +184,8 @@ async def _negotiate_tls(ep: Endpoint, resource: Resource, manifest: Manifest) -
             err = UpstreamError(
                 f"the upstream server of resource '{resource.name}' does not offer TLS, "
                 f"but the resource requires it (mode {up.tls.mode})",
-                hint="tell an administrator: enable TLS on the server or change the resource's tls.mode",
+                hint="tell an administrator: enable TLS on the server "
+                "or change the resource's tls.mode",
             )
             err.rule = sqlstate.CONNECTION_FAILURE
             raise err

@@ -52,7 +52,9 @@ class CancelRegistry:
         # Sessions that want to hear about a cancel first (a statement held for review).
         self._listeners: dict[tuple[int, int], Callable[[], object]] = {}
 
-    def register(self, target: UpstreamTarget, upstream_pid: int, upstream_secret: int) -> tuple[int, int]:
+    def register(
+        self, target: UpstreamTarget, upstream_pid: int, upstream_secret: int
+    ) -> tuple[int, int]:
         while True:
             pid = (self.key_prefix << 22) | secrets.randbits(22)
             key = secrets.randbits(31)
@@ -96,7 +98,9 @@ async def _send_cancel(target: UpstreamTarget, pid: int, key: int) -> None:
                 await asyncio.wait_for(ep.wait_data(), 5.0)
             if bytes(ep.buffer[:1]) == b"S":
                 ep.buffer.clear()
-                await ep.start_tls(target.ssl_context, server_side=False, server_hostname=target.host)
+                await ep.start_tls(
+                    target.ssl_context, server_side=False, server_hostname=target.host
+                )
             else:
                 ep.buffer.clear()
         ep.write(m.cancel_request(pid, key))
@@ -164,8 +168,14 @@ class PostgresEngine:
                 )
                 token = await self._password(client)
         except TimeoutError:
-            await self._refuse(client, info, "", None, sqlstate.PROTOCOL_VIOLATION,
-                               LockgateError("startup did not complete in time"))
+            await self._refuse(
+                client,
+                info,
+                "",
+                None,
+                sqlstate.PROTOCOL_VIOLATION,
+                LockgateError("startup did not complete in time"),
+            )
             return
         except m.ProtocolViolation as exc:
             await self._refuse(client, info, "", None, exc.code, LockgateError(exc.message))
@@ -207,7 +217,8 @@ class PostgresEngine:
                         sqlstate.INVALID_AUTHORIZATION_SPECIFICATION,
                         AuthFailed(
                             "this gateway requires TLS",
-                            hint="connect with sslmode=require (or verify-full with the gateway's CA)",
+                            hint="connect with sslmode=require "
+                            "(or verify-full with the gateway's CA)",
                         ),
                     )
                 if "database" not in packet.parameters:
@@ -218,7 +229,12 @@ class PostgresEngine:
                             hint="set dbname to the resource you want to reach",
                         ),
                     )
-                if packet.parameters.get("replication", "false").lower() not in ("false", "0", "off", "no"):
+                if packet.parameters.get("replication", "false").lower() not in (
+                    "false",
+                    "0",
+                    "off",
+                    "no",
+                ):
                     raise _Refusal(
                         sqlstate.FEATURE_NOT_SUPPORTED,
                         LockgateError("replication connections are not supported by the gateway"),
@@ -260,7 +276,14 @@ class PostgresEngine:
         error: LockgateError,
     ) -> None:
         _, message, hint = error_for(error)
-        log.info("refused %s (%s) on %s: %s %s", info.address, subject or "-", resource or "-", code, error.message)
+        log.info(
+            "refused %s (%s) on %s: %s %s",
+            info.address,
+            subject or "-",
+            resource or "-",
+            code,
+            error.message,
+        )
         client.write(m.error_response(code, message, severity="FATAL", hint=hint))
         client.close()
         await self.gate.refuse(info, resource, subject, code, error)
@@ -282,7 +305,9 @@ class PostgresEngine:
                 f"the gateway cannot load the credential of resource '{resource_name}'",
                 hint="tell an administrator: the resource's credential reference is broken",
             )
-            await self._refuse(client, info, resource_name, subject, sqlstate.CONNECTION_FAILURE, err)
+            await self._refuse(
+                client, info, resource_name, subject, sqlstate.CONNECTION_FAILURE, err
+            )
             return
         except LockgateError as exc:
             code = error_for(exc)[0]
@@ -291,7 +316,9 @@ class PostgresEngine:
         try:
             session = await gate.open_session(principal, resource, info)
         except AuditUnavailable as exc:
-            await self._refuse(client, info, resource_name, subject, sqlstate.CANNOT_CONNECT_NOW, exc)
+            await self._refuse(
+                client, info, resource_name, subject, sqlstate.CANNOT_CONNECT_NOW, exc
+            )
             return
         try:
             upstream = await connect_upstream(
@@ -305,7 +332,9 @@ class PostgresEngine:
             return
         await self._relay(client, upstream.endpoint, session, upstream, resource_name)
 
-    async def _relay(self, client: Endpoint, up: Endpoint, session: Session, conn: object, resource_name: str) -> None:
+    async def _relay(
+        self, client: Endpoint, up: Endpoint, session: Session, conn: object, resource_name: str
+    ) -> None:
         from lockgate.proxy.pg_upstream import UpstreamConnection
 
         assert isinstance(conn, UpstreamConnection)
@@ -376,7 +405,9 @@ class PostgresEngine:
             )
         elif reason is None or (relay.terminated and reason.startswith("upstream")):
             # After the client's Terminate, the server may well hang up before the client does.
-            end = SessionEnd.CLIENT_TERMINATED if relay.terminated else SessionEnd.CLIENT_DISCONNECTED
+            end = (
+                SessionEnd.CLIENT_TERMINATED if relay.terminated else SessionEnd.CLIENT_DISCONNECTED
+            )
             reason = None
         elif reason == "gateway shutting down":
             end = SessionEnd.GATEWAY_SHUTDOWN
@@ -398,7 +429,9 @@ class PostgresEngine:
             end,
             client.bytes_received - sent_before,
             up.bytes_received,
-            None if end in (SessionEnd.CLIENT_TERMINATED, SessionEnd.CLIENT_DISCONNECTED) else reason,
+            None
+            if end in (SessionEnd.CLIENT_TERMINATED, SessionEnd.CLIENT_DISCONNECTED)
+            else reason,
         )
 
 

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from lockgate.config.common import TLSListener
 from lockgate.config.model import Listener, Manifest, UpstreamTLS
 
 
@@ -56,14 +57,21 @@ def ensure_self_signed(cert_path: Path, key_path: Path, hosts: list[str]) -> Non
 
 def listener_context(listener: Listener, manifest: Manifest) -> ssl.SSLContext | None:
     """The server-side TLS context for a listener, or None when TLS is disabled."""
-    if not listener.tls.enabled:
+    return server_context(listener.tls, manifest, listener.name, listener.host)
+
+
+def server_context(
+    tls: TLSListener, manifest: Manifest, name: str, host: str
+) -> ssl.SSLContext | None:
+    """A server-side TLS context (self-signed `STATE/tls/NAME.*` when no cert/key is given)."""
+    if not tls.enabled:
         return None
-    if listener.tls.cert and listener.tls.key:
-        cert, key = manifest.path(listener.tls.cert), manifest.path(listener.tls.key)
+    if tls.cert and tls.key:
+        cert, key = manifest.path(tls.cert), manifest.path(tls.key)
     else:
         folder = manifest.state_dir / "tls"
-        cert, key = folder / f"{listener.name}.crt", folder / f"{listener.name}.key"
-        ensure_self_signed(cert, key, [listener.host])
+        cert, key = folder / f"{name}.crt", folder / f"{name}.key"
+        ensure_self_signed(cert, key, [host])
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(str(cert), str(key))

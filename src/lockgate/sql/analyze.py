@@ -28,8 +28,8 @@ so every text with one fingerprint agrees; an analysis with any text-dependent s
 is cached by exact text only. One more part is left out that the walk cannot flag this
 way: the schema of a DML relation (`DELETE FROM a.t`, `DELETE FROM b.t` and
 `DELETE FROM t` share one fingerprint). A qualified name needs a `.` in the text, so a
-text holding a `.` is never served from, nor stored in, the fingerprint cache. (Measured against libpg_query's fingerprint in
-`tests/unit/sql/test_analyze.py::test_fingerprint_*`.)
+text holding a `.` is never served from, nor stored in, the fingerprint cache. (Measured
+against libpg_query's fingerprint in `tests/unit/sql/test_analyze.py::test_fingerprint_*`.)
 """
 
 from __future__ import annotations

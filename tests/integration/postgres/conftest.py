@@ -35,7 +35,9 @@ class RunningGateway:
     log_path: Path
     resources: list[str] = field(default_factory=list)
 
-    def cli(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         """Run a `lockgate` command against this gateway's manifest."""
         return subprocess.run(
             [*LOCKGATE, *args, "-c", str(self.manifest_path)],
@@ -46,14 +48,25 @@ class RunningGateway:
             timeout=60,
         )
 
-    def token(self, subject: str = "alice", groups: tuple[str, ...] = ("it",), ttl: str = "1h", *extra: str) -> str:
+    def token(
+        self,
+        subject: str = "alice",
+        groups: tuple[str, ...] = ("it",),
+        ttl: str = "1h",
+        *extra: str,
+    ) -> str:
         args = ["token", "issue", "--subject", subject, "--ttl", ttl]
         for g in groups:
             args += ["--group", g]
         return self.cli(*args, *extra).stdout.strip()
 
-    def dsn(self, token: str, dbname: str = "itdb", user: str = "alice", sslmode: str = "require") -> str:
-        return f"host=127.0.0.1 port={self.port} dbname={dbname} user={user} password={token} sslmode={sslmode}"
+    def dsn(
+        self, token: str, dbname: str = "itdb", user: str = "alice", sslmode: str = "require"
+    ) -> str:
+        return (
+            f"host=127.0.0.1 port={self.port} dbname={dbname} user={user} "
+            f"password={token} sslmode={sslmode}"
+        )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -68,7 +81,9 @@ class RunningGateway:
                 self.proc.wait(timeout=5)
 
 
-def start_gateway(directory: Path, manifest: dict[str, Any], *, timeout: float = 30.0) -> RunningGateway:
+def start_gateway(
+    directory: Path, manifest: dict[str, Any], *, timeout: float = 30.0
+) -> RunningGateway:
     """Write `manifest` to `directory/lockgate.yaml` and start `lockgate serve` on it."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "lockgate.yaml"
@@ -83,7 +98,9 @@ def start_gateway(directory: Path, manifest: dict[str, Any], *, timeout: float =
         cwd=directory,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    gw = RunningGateway(directory, path, port, proc, log_path, [r["name"] for r in manifest.get("resources", [])])
+    gw = RunningGateway(
+        directory, path, port, proc, log_path, [r["name"] for r in manifest.get("resources", [])]
+    )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -95,7 +112,13 @@ def start_gateway(directory: Path, manifest: dict[str, Any], *, timeout: float =
     raise RuntimeError(f"gateway did not start in {timeout}s:\n{gw.log()}")
 
 
-def base_manifest(port: int, resources: list[dict[str, Any]], access: list[dict[str, Any]] | None = None, *, tls: bool = True) -> dict[str, Any]:
+def base_manifest(
+    port: int,
+    resources: list[dict[str, Any]],
+    access: list[dict[str, Any]] | None = None,
+    *,
+    tls: bool = True,
+) -> dict[str, Any]:
     listener: dict[str, Any] = {"name": "pg", "address": f"127.0.0.1:{port}"}
     if not tls:
         listener["tls"] = {"enabled": False}
@@ -113,7 +136,13 @@ def base_manifest(port: int, resources: list[dict[str, Any]], access: list[dict[
 def local_resource(name: str, database: str, host: str, port: int, user: str) -> dict[str, Any]:
     return {
         "name": name,
-        "upstream": {"host": host, "port": port, "database": database, "user": user, "tls": {"mode": "disable"}},
+        "upstream": {
+            "host": host,
+            "port": port,
+            "database": database,
+            "user": user,
+            "tls": {"mode": "disable"},
+        },
     }
 
 
@@ -130,7 +159,9 @@ def it_database(pg_server: tuple[str, int, str]) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory, pg_server: tuple[str, int, str], it_database: str) -> Iterator[RunningGateway]:
+def gateway(
+    tmp_path_factory: pytest.TempPathFactory, pg_server: tuple[str, int, str], it_database: str
+) -> Iterator[RunningGateway]:
     host, port, user = pg_server
     manifest = base_manifest(free_port(), [local_resource("itdb", it_database, host, port, user)])
     gw = start_gateway(tmp_path_factory.mktemp("gateway"), manifest)

@@ -93,8 +93,7 @@ def read_startup_packet(buf: bytes | bytearray) -> tuple[StartupPacket, int] | N
         packet = StartupMessage(code, _parse_startup_parameters(bytes(buf[8:length])))
     else:
         raise ProtocolViolation(
-            f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}: "
-            "server supports 3.0",
+            f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}: server supports 3.0",
             sqlstate.FEATURE_NOT_SUPPORTED,
         )
     return packet, length
@@ -120,9 +119,10 @@ def _parse_startup_parameters(body: bytes) -> dict[str, str]:
 
 def startup_message(parameters: dict[str, str], protocol: int = PROTOCOL_3_0) -> bytes:
     """Build a StartupMessage (gateway → upstream)."""
-    body = b"".join(
-        k.encode() + b"\x00" + v.encode() + b"\x00" for k, v in parameters.items()
-    ) + b"\x00"
+    body = (
+        b"".join(k.encode() + b"\x00" + v.encode() + b"\x00" for k, v in parameters.items())
+        + b"\x00"
+    )
     return _I32.pack(len(body) + 8) + _I32.pack(protocol) + body
 
 
@@ -174,7 +174,7 @@ def split_messages(
         (length,) = unpack(buf, pos + 1)
         if length < 4 or length > max_length:
             raise ProtocolViolation(
-                f"invalid message length {length} for message type {bytes(buf[pos:pos + 1])!r}"
+                f"invalid message length {length} for message type {bytes(buf[pos : pos + 1])!r}"
             )
         end = pos + 1 + length
         if end > n:
