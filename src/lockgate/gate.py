@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 from lockgate.approvals.broker import ApprovalBroker, ApprovalOutcome
 from lockgate.approvals.rules import ApprovalRules
 from lockgate.approvals.store import STATEMENT, ApprovalRequest, ApprovalStore
-from lockgate.approvals.webhook import WebhookNotifier
+from lockgate.approvals.webhook import WebhookNotifier, console_address
 from lockgate.audit.recorder import AuditRecorder
 from lockgate.config.model import ApprovalRule, Manifest, Resource
 from lockgate.config.ssh import SshResource
@@ -120,7 +120,7 @@ class Gate:
         self.broker = ApprovalBroker(
             self.approvals,
             manifest.approvals.poll_interval,
-            notify=WebhookNotifier(hooks) if hooks else None,
+            notify=WebhookNotifier(hooks, console_address(manifest)) if hooks else None,
         )
         self._grant_rules = frozenset(r.name for r in manifest.access if r.requires_grant)
         self.audit = AuditRecorder(

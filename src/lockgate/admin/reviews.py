@@ -27,6 +27,7 @@ from lockgate.approvals.store import (
     DecisionRefused,
     Grant,
 )
+from lockgate.approvals.webhook import decision_event, notify
 from lockgate.config.model import parse_duration
 
 router = APIRouter(prefix="/api", tags=["reviews"])
@@ -259,12 +260,8 @@ async def _decide(
     except DecisionRefused as exc:
         # Lost a race (expired, decided elsewhere) or already voted: the request moved on.
         raise HTTPException(409, detail=exc.message) from None
-    hooks = ctx.manifest.approvals.webhooks
-    if hooks:
-        from lockgate.approvals.webhook import post_all
-
-        event = f"request.{decided.status}" if decided.status != PENDING else "request.decision"
-        await asyncio.to_thread(post_all, hooks, event, decided)
+    if ctx.manifest.approvals.webhooks:
+        await asyncio.to_thread(notify, ctx.manifest, decision_event(decided), decided)
     hub(ctx).kick()
     return review_json(decided, caller)
 
@@ -311,11 +308,8 @@ async def request_access(body: AccessRequestIn, caller: CallerDep, ctx: Ctx) -> 
         body.reason.strip(),
         grant_seconds=seconds,
     )
-    hooks = ctx.manifest.approvals.webhooks
-    if hooks:
-        from lockgate.approvals.webhook import post_all
-
-        await asyncio.to_thread(post_all, hooks, "request.created", created)
+    if ctx.manifest.approvals.webhooks:
+        await asyncio.to_thread(notify, ctx.manifest, "request.created", created)
     hub(ctx).kick()
     return review_json(created, caller)
 

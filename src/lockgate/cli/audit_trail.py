@@ -133,6 +133,8 @@ def search_cmd(
     rows = []
     for c in found:
         outcome = c["error_code"] or ("-" if c["rows"] is None else f"{c['rows']} rows")
+        if c.get("masked_cells"):
+            outcome += f", {c['masked_cells']} masked"
         text = " ".join(c["text"].split())
         rows.append(
             [

@@ -25,6 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from lockgate.approvals.rules import ApprovalRules
 from lockgate.approvals.store import GRANT, ApprovalRequest, ApprovalStore
+from lockgate.approvals.webhook import decision_event, notify
 from lockgate.cli.common import config_option, fail, load, print_json
 from lockgate.config.model import Manifest, parse_duration
 from lockgate.errors import LockgateError
@@ -195,11 +196,7 @@ def _decide(
     with _open(config_path) as ctx:
         reviewer = _identity(ctx, token, as_subject, groups)
         r = ctx.store.decide(request_id, reviewer, verdict, reason)
-        if ctx.manifest.approvals.webhooks:
-            from lockgate.approvals.webhook import post_all
-
-            event = f"request.{r.status}" if r.status != "pending" else "request.decision"
-            post_all(ctx.manifest.approvals.webhooks, event, r)
+        notify(ctx.manifest, decision_event(r), r)
     if as_json:
         print_json(r.as_json())
         return
@@ -283,10 +280,7 @@ def request(
             fail(f"--for {duration} is longer than rule '{rule.name}' allows ({rule.max_grant})")
         requester = _identity(ctx, token, None, ())
         r = ctx.store.create(GRANT, requester, resource, rule, reason, grant_seconds=seconds)
-        if ctx.manifest.approvals.webhooks:
-            from lockgate.approvals.webhook import post_all
-
-            post_all(ctx.manifest.approvals.webhooks, "request.created", r)
+        notify(ctx.manifest, "request.created", r)
     if as_json:
         print_json(r.as_json())
         return

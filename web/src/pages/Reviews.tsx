@@ -178,7 +178,12 @@ function ReviewCard({
   };
 
   return (
-    <article class="card review" aria-labelledby={headingId} data-review-id={r.id}>
+    <article
+      class="card review"
+      id={`review-${r.id}`}
+      aria-labelledby={headingId}
+      data-review-id={r.id}
+    >
       <header>
         <h3 id={headingId}>
           {r.kind === "grant" ? "Access request" : "Held statement"}:{" "}
