@@ -63,8 +63,16 @@ async def _samples(
 @click.argument("resource_name", metavar="RESOURCE")
 @click.option("--rows", default=200, show_default=True, help="Rows sampled per table.")
 @click.option("--json", "as_json", is_flag=True, help="Print suggestions as JSON.")
+@click.option(
+    "--presidio/--no-presidio",
+    default=True,
+    show_default=True,
+    help="Also run Microsoft Presidio's recognizers when it is installed.",
+)
 @config_option
-def classify(resource_name: str, rows: int, as_json: bool, config_path: Path) -> None:
+def classify(
+    resource_name: str, rows: int, as_json: bool, presidio: bool, config_path: Path
+) -> None:
     """Sample RESOURCE's tables, detect personal data, print masking rules to paste."""
     from lockgate.masking.classify import as_yaml
     from lockgate.masking.classify import classify as run
@@ -84,7 +92,14 @@ def classify(resource_name: str, rows: int, as_json: bool, config_path: Path) ->
         samples = asyncio.run(_samples(manifest, resource, password, rows))
     except LockgateError as exc:
         fail(exc.message, exc.hint)
-    suggestions = run(samples)
+    extra = None
+    if presidio:
+        from lockgate.masking import presidio as presidio_scanner
+
+        extra = presidio_scanner.load()
+        if extra is not None:
+            click.echo("# Microsoft Presidio is installed: its recognizers vote too", err=True)
+    suggestions = run(samples, extra)
     if as_json:
         print_json([
             {"column": f"{s.schema}.{s.table}.{s.column}", "kind": s.kind,

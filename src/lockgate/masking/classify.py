@@ -2,6 +2,7 @@
 
 `classify(samples)` runs the content detectors over sampled values of each column and
 suggests a column rule where a detector matches a sizeable share of the non-empty values.
+When Microsoft Presidio is installed, its recognizers vote too (`masking/presidio.py`).
 Column names are a hint too (`ssn`, `email`, `card_number`, …) so a column whose sample is
 empty still gets a suggestion. Suggestions are printed as manifest YAML to paste.
 """
@@ -9,7 +10,7 @@ empty still gets a suggestion. Suggestions are printed as manifest YAML to paste
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from lockgate.masking import detectors as det
@@ -46,16 +47,26 @@ class Suggestion:
 
 
 def classify_column(
-    schema: str, table: str, column: str, values: Sequence[str | None]
+    schema: str,
+    table: str,
+    column: str,
+    values: Sequence[str | None],
+    extra: Callable[[str], set[str]] | None = None,
 ) -> Suggestion | None:
-    """The most likely kind of personal data in a column, or None."""
+    """The most likely kind of personal data in a column, or None.
+
+    `extra`: another scanner (Presidio) whose kinds count alongside the detectors'.
+    """
     present = [v for v in values if v]
     detectors = det.resolve(["all"])
     best: tuple[float, str] = (0.0, "")
     if present:
         counts: dict[str, int] = {}
         for v in present:
-            for name in {n for _, _, n in det.scan(v, detectors)}:
+            kinds = {n for _, _, n in det.scan(v, detectors)}
+            if extra is not None:
+                kinds |= extra(v)
+            for name in kinds:
                 counts[name] = counts.get(name, 0) + 1
         for name, n in counts.items():
             share = n / len(present)
@@ -72,10 +83,12 @@ def classify_column(
 
 def classify(
     samples: Iterable[tuple[str, str, str, Sequence[str | None]]],
+    extra: Callable[[str], set[str]] | None = None,
 ) -> list[Suggestion]:
+    """Suggestions for the sampled columns that look personal (`extra`: e.g. Presidio)."""
     out: list[Suggestion] = []
     for schema, table, column, values in samples:
-        s = classify_column(schema, table, column, values)
+        s = classify_column(schema, table, column, values, extra)
         if s is not None:
             out.append(s)
     return out

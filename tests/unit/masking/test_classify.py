@@ -26,3 +26,21 @@ def test_classify_by_content_and_by_name() -> None:
         "public.people.tax_id",
         "public.people.ssn",
     ]
+
+
+def test_presidio_votes_when_installed() -> None:
+    """Presidio (a test dependency) finds kinds the built-in detectors do not know."""
+    from lockgate.masking import presidio
+
+    scanner = presidio.load()
+    assert scanner is not None, "presidio-analyzer is a test dependency"
+    wallets = [
+        ("public", "payouts", "wallet", ["1BoatSLRHtKNngkdXEeobR76b53LETtpyT"] * 3),
+        ("public", "payouts", "memo", ["thanks", "see you", "ok"]),
+    ]
+    assert classify(wallets) == []
+    (found,) = classify(wallets, scanner)
+    assert (found.column, found.kind, found.strategy) == ("wallet", "crypto_wallet", "redact")
+    # Built-in kinds still come out under their own names.
+    (email,) = classify([("public", "people", "contact", ["a@example.com"])], scanner)
+    assert email.kind == "email"
