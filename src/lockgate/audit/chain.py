@@ -55,7 +55,7 @@ from lockgate.audit.tables import (
     audit_events,
 )
 from lockgate.errors import LockgateError
-from lockgate.keyfiles import check_owner_only, create_private_file, pem_private_key
+from lockgate.keyfiles import check_owner_only, create_private_file, new_ed25519
 
 log = logging.getLogger(__name__)
 
@@ -241,8 +241,8 @@ class Checkpoint:
 
 def load_or_create_key(path: Path) -> Ed25519PrivateKey:
     """The state folder's audit signing key, created (mode 0600) on first use."""
-    created = Ed25519PrivateKey.generate()
-    if create_private_file(path, lambda: pem_private_key(created)):
+    created = create_private_file(path, new_ed25519)
+    if created is not None:
         return created
     check_owner_only(path, "audit signing key", ChainKeyError)
     try:

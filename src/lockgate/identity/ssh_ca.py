@@ -47,15 +47,15 @@ def ca_key_path(manifest: Manifest) -> Path:
     return manifest.state_dir / CA_KEY_FILE
 
 
+def _new_ca_key() -> tuple[None, bytes]:
+    key = asyncssh.generate_private_key("ssh-ed25519", comment="lockgate-ssh-user-ca")
+    return None, key.export_private_key("openssh")
+
+
 def load_or_create_ca(manifest: Manifest) -> asyncssh.SSHKey:
     """The CA's private key, generated once (Ed25519, mode 0600) in the state folder."""
     path = ca_key_path(manifest)
-    create_private_file(
-        path,
-        lambda: asyncssh.generate_private_key(
-            "ssh-ed25519", comment="lockgate-ssh-user-ca"
-        ).export_private_key("openssh"),
-    )
+    create_private_file(path, _new_ca_key)
     check_owner_only(path, "the SSH CA key")
     try:
         return asyncssh.read_private_key(str(path))

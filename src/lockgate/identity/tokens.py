@@ -24,7 +24,7 @@ from sqlalchemy.engine import Engine
 from lockgate.config.model import Manifest, parse_duration
 from lockgate.errors import LockgateError
 from lockgate.identity.tables import issued_tokens
-from lockgate.keyfiles import check_owner_only, create_private_file, pem_private_key
+from lockgate.keyfiles import check_owner_only, create_private_file, new_ed25519
 from lockgate.model import PrincipalKind
 from lockgate.wakeups import REVOKED, notify
 
@@ -136,10 +136,8 @@ def _load_private_key(path: Path) -> Ed25519PrivateKey:
 
 def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:
     """Load the Ed25519 signing key at `path`, creating it (mode 0600) if it does not exist."""
-    created = Ed25519PrivateKey.generate()
-    if create_private_file(path, lambda: pem_private_key(created)):
-        return created
-    return _load_private_key(path)
+    created = create_private_file(path, new_ed25519)
+    return created if created is not None else _load_private_key(path)
 
 
 def _clean_names(values: Iterable[str], what: str) -> tuple[str, ...]:

@@ -111,13 +111,18 @@ def host_key_path(listener: SshListener, manifest: Manifest) -> Path:
     return manifest.state_dir / f"ssh-host-key-{listener.name}"
 
 
+def _new_host_key() -> tuple[asyncssh.SSHKey, bytes]:
+    key = asyncssh.generate_private_key("ssh-ed25519", comment="lockgate")
+    return key, key.export_private_key("openssh")
+
+
 def ensure_host_key(listener: SshListener, manifest: Manifest) -> asyncssh.SSHKey:
     """Load the listener's host key, generating (and keeping) an Ed25519 key when absent."""
     path = host_key_path(listener, manifest)
     if listener.host_key is None:
-        key = asyncssh.generate_private_key("ssh-ed25519", comment="lockgate")
-        if create_private_file(path, lambda: key.export_private_key("openssh")):
-            key.write_public_key(str(path) + ".pub")
+        created = create_private_file(path, _new_host_key)
+        if created is not None:
+            created.write_public_key(str(path) + ".pub")
     try:
         return asyncssh.read_private_key(str(path))
     except (OSError, asyncssh.KeyImportError) as exc:
