@@ -184,15 +184,8 @@ class SshPolicy:
                 return self._legacy_scp(rules, request.text) or decision
             return decision
         if request.kind == "shell-line":
-            decision = self._command(rules, request)
-            if decision.kind is DecisionKind.REVIEW:
-                # No one can be made to wait at a prompt: run it as `ssh HOST 'cmd'` instead.
-                reason = (
-                    f"{decision.reason}; a command that needs review cannot run in an "
-                    "interactive shell: run it as ssh ... 'COMMAND' and wait for approval"
-                )
-                return Decision(DecisionKind.DENY, decision.rule, reason)
-            return decision
+            # A `review` decision holds the typed line at the prompt (ssh_channel).
+            return self._command(rules, request)
         if request.kind == "subsystem":
             for r in rules:
                 if any(fnmatchcase(request.subsystem, p) for p in r.rule.subsystems):

@@ -20,7 +20,8 @@ certificate from `lockgate ssh-cert`, signed by the gateway's SSH CA.
    forwarding is refused unless an `ssh.rules` entry allows it; an allowed `-L` channel is
    opened by the *target* and a `-R` listener is opened on the target (`ssh_forward`),
    never from the gateway's network; each forwarded connection is recorded. Agent and X11
-   forwarding are recorded and refused.
+   forwarding are refused unless a rule allows them; then the agent and X11 channels the
+   target opens are relayed back to the client and recorded (`ssh_agent_x11`).
 3. The end: when the client or the target goes away, the other side is closed and the
    session record is completed with the bytes each way. Every `check_interval`,
    `SshEngine.watch_sessions` asks the gate which live sessions must end (token expired
@@ -64,6 +65,8 @@ from lockgate.identity.verifier import shown
 from lockgate.keyfiles import create_private_file
 from lockgate.model import ClientInfo, Principal, ResultSummary, SessionEnd
 from lockgate.policy.ssh import SshRequest
+from lockgate.proxy.ssh_agent_x11 import DISPLAY as X11_DISPLAY
+from lockgate.proxy.ssh_agent_x11 import allow_agent, allow_x11, install
 from lockgate.proxy.ssh_channel import ChannelRelay, SshContext
 from lockgate.proxy.ssh_forward import listen_remote, open_local
 from lockgate.proxy.ssh_transport import MAX_PACKET, WINDOW, coalesce_writes
@@ -228,6 +231,7 @@ class _GatewayServer(asyncssh.SSHServer):
         self.ending: SessionEnd | None = None
         self.end_message: str | None = None
         self.cert_refused = False
+        self._forward_refusal = ""
 
     # -- connection -------------------------------------------------------------------------
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
@@ -248,11 +252,19 @@ class _GatewayServer(asyncssh.SSHServer):
             return await self._check_certificate(username, key_data, ok, bool(msg))
 
         async def create_agent_listener() -> bool:
-            self._forwarding("agent", "")
-            return False
+            allowed = self._forwarding("agent", "")
+            if allowed and self.ctx is not None:
+                allow_agent(self.ctx)
+            return allowed
 
-        async def attach_x11_listener(*_args: object) -> None:
-            self._forwarding("x11", "")
+        async def attach_x11_listener(
+            chan: object, auth_proto: bytes, auth_data: bytes, screen: int
+        ) -> str | None:
+            ctx = self.ctx
+            if not self._forwarding("x11", "") or ctx is None:
+                return None
+            allow_x11(ctx, chan, auth_proto, auth_data, screen)
+            return X11_DISPLAY
 
         setattr(conn, "validate_public_key", validate_public_key)  # noqa: B010
         setattr(conn, "create_agent_listener", create_agent_listener)  # noqa: B010
@@ -420,6 +432,8 @@ class _GatewayServer(asyncssh.SSHServer):
             self._disconnect(exc.message)
             return False
         self.ctx = SshContext(gate, session, resource, upstream)
+        if self.conn is not None:
+            install(self.ctx, self.conn)
         spawn(self._watch_target(upstream), name="ssh-target-watch")
         log.info("ssh session %s: %s on %s", session.id, principal.subject, resource.name)
         return True
@@ -492,7 +506,8 @@ class _GatewayServer(asyncssh.SSHServer):
         return listen_remote(ctx, conn, listen_host, listen_port)
 
     def unix_connection_requested(self, dest_path: str) -> bool:
-        reason = self._forwarding("local", f"unix:{dest_path}")
+        self._forwarding("local", f"unix:{dest_path}")
+        reason = self._forward_refusal
         raise asyncssh.ChannelOpenError(
             asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"lockgate: {reason}"
         )
@@ -501,19 +516,21 @@ class _GatewayServer(asyncssh.SSHServer):
         self._forwarding("remote", f"unix:{listen_path}")
         return False
 
-    def _forwarding(self, kind: str, destination: str) -> str:
-        """Record a refused agent, X11 or UNIX socket forwarding request; returns why.
+    def _forwarding(self, kind: str, destination: str) -> bool:
+        """Decide on and record an agent, X11 or UNIX socket forwarding request.
 
-        These are never relayed: a rule that allows them is recorded, and refused saying so.
-        The reason is also shown on the stderr of the next session channel, since OpenSSH
-        prints nothing when an agent request fails.
+        Agent and X11 forwarding a rule allows are relayed (`ssh_agent_x11`); UNIX socket
+        forwarding never is. The reason for a refusal is kept in `_forward_refusal`, and for
+        agent and X11 also shown on the stderr of the next session channel, since OpenSSH
+        prints nothing when such a request fails.
         """
         ctx = self.ctx
         if ctx is None:
-            return "not logged in"
+            self._forward_refusal = "not logged in"
+            return False
         request = SshRequest(
             "forward",
-            text=f"forward {kind} {destination}",
+            text=f"forward {kind} {destination}".rstrip(),
             forwarding=kind,
             destination=destination,
         )
@@ -521,11 +538,11 @@ class _GatewayServer(asyncssh.SSHServer):
         admission = self.gate.admit_ssh(ctx.session, seq, request, f"ssh.forward-{kind}")
         decision = admission.command.decision
         reason = decision.reason
-        if decision.allowed:
-            what = "UNIX socket" if destination.startswith("unix:") else kind
+        relayed = decision.allowed and kind in ("agent", "x11")
+        if decision.allowed and not relayed:
             reason = (
-                f"{what} forwarding is allowed by rule '{decision.rule}', but the gateway "
-                "does not relay it"
+                f"UNIX socket forwarding is allowed by rule '{decision.rule}', but the "
+                "gateway does not relay it"
             )
         try:
             pending = self.gate.record([admission])
@@ -533,10 +550,17 @@ class _GatewayServer(asyncssh.SSHServer):
                 pending.add_done_callback(lambda f: f.exception())
         except AuditUnavailable:
             log.error("ssh %s: a forwarding request could not be recorded", ctx.session.id)
+            if relayed:
+                relayed, reason = False, "the request could not be recorded"
+        if relayed:
+            ctx.finish(seq, ResultSummary(status="allowed"))
+            log.info("ssh %s: %s forwarding allowed by %s", ctx.session.id, kind, decision.rule)
+            return True
+        self._forward_refusal = reason
         ctx.finish(seq, ResultSummary(status="denied", error_message=reason))
         if kind in ("agent", "x11"):
             ctx.notices.append(reason)
         log.info(
             "ssh %s: %s forwarding to %s refused: %s", ctx.session.id, kind, destination, reason
         )
-        return reason
+        return False

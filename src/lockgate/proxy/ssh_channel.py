@@ -19,9 +19,14 @@ Shell output goes to an asciicast recording; exec and subsystem streams to raw l
 subsystem is parsed packet by packet (`ssh_sftp.SftpGuard`): every file operation is decided
 on and audited, and refused ones are answered by the gateway with a permission error.
 
-For shells with deny rules on commands, typed lines are followed (best effort: editing keys,
-history and completion are invisible) and a matching line ends the channel before its Enter
-key reaches the target.
+For shells with deny or review rules on commands, typed lines are followed (best effort:
+editing keys, history and completion are invisible). A line a deny rule matches ends the
+channel before its Enter key reaches the target. A line a review rule matches is held at the
+prompt (`_hold_line`): its Enter key is kept back, the terminal says which approval request
+waits and how a reviewer approves it, and on approval the Enter key is sent; on denial,
+expiry or Ctrl-C (which withdraws the request) a Ctrl-C is sent instead, which clears the
+line. Other keys typed while a line waits are dropped, not queued: they were typed before
+anyone knew whether the line would run. The session goes on either way.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from lockgate.proxy.ssh_sftp import SftpGuard
 from lockgate.tasks import spawn
 
 if TYPE_CHECKING:
+    from lockgate.proxy.ssh_agent_x11 import X11Grant
     from lockgate.proxy.ssh_forward import ForwardedConnection
 
 log = logging.getLogger("lockgate.ssh")
@@ -71,6 +77,11 @@ class SshContext:
     forwards: set[ForwardedConnection] = field(default_factory=set)
     # Refusals the client's SSH would not show (agent, X11): told on the next channel.
     notices: list[str] = field(default_factory=list)
+    # Allowed agent and X11 forwarding (`ssh_agent_x11`): session channels to the target ask
+    # for agent forwarding, and those of the client channels in `x11_channels` for X11.
+    agent_forwarding: bool = False
+    x11: X11Grant | None = None
+    x11_channels: set[object] = field(default_factory=set)
 
     def next_seq(self) -> int:
         self._seq += 1
@@ -134,6 +145,10 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
         self._end_status = "ended by rule"
         self._request_id: str | None = None
         self._holding = False
+        # A typed line held for review: its seq while it waits (keys typed meanwhile are
+        # dropped), and its Enter key.
+        self._line_seq = 0
+        self._held_enter = b""
 
     # -- asyncssh callbacks ---------------------------------------------------------------
     def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
@@ -203,6 +218,7 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.ctx.channels.discard(self)
+        self.ctx.x11_channels.discard(self.chan)
         self._closed = True
         rid, self._request_id = self._request_id, None
         if rid is not None:
@@ -273,12 +289,18 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
         self.chan.resume_reading()
 
     def _tell(self, line: str) -> None:
-        """One line on the client's stderr (CR LF on a terminal)."""
+        """One line on the client's stderr (CR LF on a terminal), and in the recording."""
         end = "\r\n" if self.pty else "\n"
-        self.chan.write_stderr(f"{line}{end}".encode())
+        data = f"{line}{end}".encode()
+        if self._cast is not None:
+            self._cast.output(data)
+        self.chan.write_stderr(data)
 
-    async def _review(self, admission: Admission) -> tuple[Admission, str]:
-        """Hold an exec command for a reviewer: the admission to go on with, and a status."""
+    async def _review(self, admission: Admission, what: str = "command") -> tuple[Admission, str]:
+        """Hold a command (or typed `line`) for a reviewer: the admission to go on with, a status.
+
+        `what` names it in the lines the client reads.
+        """
         ctx = self.ctx
         gate = ctx.gate
         command = admission.command
@@ -305,9 +327,9 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
                     "review withdrawn"
                 )
             self._request_id = request.id
-            log.info("ssh %s: exec held for review as request %s", ctx.session.id, request.id)
+            log.info("ssh %s: %s held for review as request %s", ctx.session.id, what, request.id)
             self._tell(
-                f"lockgate: this command is held for review (rule: {decision.rule}); "
+                f"lockgate: this {what} is held for review (rule: {decision.rule}); "
                 f"waiting for approval request {request.id}"
             )
             self._tell(
@@ -315,6 +337,8 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
                 f"--reason TEXT (or denies it with: lockgate reviews deny {request.id} --reason "
                 f"TEXT); it expires at {request.expires_at:%Y-%m-%d %H:%M:%S} UTC"
             )
+            if what == "line":
+                self._tell("lockgate: Ctrl-C withdraws it; other keys are ignored until then")
             outcome = await gate.broker.wait(request)
             self._request_id = None
         note = f"approval request {outcome.request_id} {outcome.status}: {outcome.reason}"
@@ -355,6 +379,10 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
             kwargs.update(term_type=term, term_size=size, request_pty="force")
         else:
             kwargs["request_pty"] = False
+        if ctx.x11 is not None and self.chan in ctx.x11_channels:
+            # A target without X11 forwarding still runs the command, as with OpenSSH.
+            # (asyncssh hands the gateway no single-connection flag: any number may open.)
+            kwargs.update(x11_forwarding="ignore_failure", x11_display="lockgate")
         if self.kind == "exec":
             kwargs["command"] = self.command
         elif self.kind == "subsystem":
@@ -392,6 +420,9 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
     def _to_target(self, data: bytes) -> None:
         up = self.up
         assert up is not None
+        if self._line_seq:
+            self._while_line_waits(data)
+            return
         if self._raw is not None:
             self._raw.input.add(data)
         if self._cast is not None:
@@ -401,6 +432,10 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
             if cut is not None:
                 if cut:
                     up.write(data[:cut])
+                if self._line_seq:
+                    # Held for review: the Enter key waits; what came with it is dropped.
+                    self._held_enter = data[cut : cut + 1]
+                    return
                 self._end_by_rule()
                 return
         if self._sftp is not None:
@@ -448,15 +483,19 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
 
     # -- shell lines ------------------------------------------------------------------------
     def _check_line(self, line: str) -> bool:
-        """True when the typed line may run."""
+        """True when the typed line may run now (False: it is refused, or held for review)."""
         ctx = self.ctx
         request = SshRequest("shell-line", text=line)
         decision = ctx.gate.ssh_policy.decide(ctx.session.principal, ctx.resource.name, request)
         if decision.allowed:
             return True
-        self._ended_by = decision.reason
         seq = ctx.next_seq()
         admission = ctx.gate.admit_ssh(ctx.session, seq, request, "ssh.shell-line")
+        if admission.command.decision.kind is DecisionKind.REVIEW:
+            self._line_seq = seq
+            spawn(self._hold_line(admission), name="ssh-line-review")
+            return False
+        self._ended_by = decision.reason
         try:
             pending = ctx.gate.record([admission])
             if pending is not None:
@@ -465,6 +504,41 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
             log.error("ssh %s: a denied shell line could not be recorded", ctx.session.id)
         ctx.finish(seq, ResultSummary(status="denied", error_message=decision.reason[:1000]))
         return False
+
+    async def _hold_line(self, admission: Admission) -> None:
+        """Wait for a reviewer, then send the held Enter key, or clear the line with Ctrl-C."""
+        ctx = self.ctx
+        seq = admission.command.seq
+        self._tell("")
+        admission, status = await self._review(admission, "line")
+        decision = admission.command.decision
+        try:
+            await ctx.record(admission)
+        except AuditUnavailable as exc:
+            decision = Decision(DecisionKind.DENY, decision.rule, f"not run: {exc.message}")
+            status = "not recorded"
+        enter, self._held_enter = self._held_enter, b""
+        self._line_seq = 0
+        up = self.up
+        if self._closed or up is None:
+            ctx.finish(seq, ResultSummary(status="closed", error_message=decision.reason[:1000]))
+            return
+        if decision.allowed:
+            self._tell("lockgate: approved; the line runs now")
+            up.write(enter or b"\r")
+            ctx.finish(seq, ResultSummary(status="approved"))
+            return
+        self._tell(f"lockgate: not run: {decision.reason}")
+        up.write(b"\x03")  # clears the typed line at a shell prompt (and in most REPLs)
+        ctx.finish(seq, ResultSummary(status=status, error_message=decision.reason[:1000]))
+
+    def _while_line_waits(self, data: bytes) -> None:
+        """Keys typed while a line waits for review: Ctrl-C withdraws it, the rest is dropped."""
+        rid = self._request_id
+        if b"\x03" in data and rid is not None:
+            self._request_id = None
+            why = "withdrawn at the prompt with Ctrl-C"
+            spawn(self.ctx.gate.broker.withdraw(rid, why), name="ssh-withdraw")
 
     def _end_by_rule(self) -> None:
         message = f"\r\nlockgate: session ended: {self._ended_by}\r\n"

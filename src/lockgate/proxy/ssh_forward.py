@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 import asyncssh
+from asyncssh.channel import SSHChannel
 
 from lockgate.errors import AuditUnavailable
 from lockgate.model import ResultSummary
@@ -37,23 +38,34 @@ _PROHIBITED = asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED
 _FAILED = asyncssh.OPEN_CONNECT_FAILED
 
 
-class _Side(asyncssh.SSHTCPSession[bytes]):
+class _Side(asyncssh.SSHTCPSession[bytes], asyncssh.SSHUNIXSession[bytes]):
     """One end of a forwarded connection (the client's channel or the target's)."""
 
     def __init__(self, pair: ForwardedConnection) -> None:
         self.pair = pair
-        self.chan: asyncssh.SSHTCPChannel[bytes] | None = None
+        self.chan: SSHChannel[bytes] | None = None
         self.peer: _Side | None = None
         self.received = 0
+        # Rewrites what this side receives before it is passed on (X11's cookie);
+        # raises ValueError to end the connection.
+        self.rewrite: Callable[[bytes], bytes] | None = None
         self._held: list[bytes] = []
         self._held_eof = False
 
-    def connection_made(self, chan: asyncssh.SSHTCPChannel[bytes]) -> None:
+    def connection_made(self, chan: SSHChannel[bytes]) -> None:
         self.chan = chan
         self.pair.attached()
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         self.received += len(data)
+        if self.rewrite is not None:
+            try:
+                data = self.rewrite(data)
+            except ValueError as exc:
+                self.pair.refused(str(exc))
+                return
+            if not data:
+                return
         peer = self.peer
         if peer is None or peer.chan is None:
             # The other side is still opening: hold the bytes, stop reading.
@@ -99,15 +111,19 @@ class _Side(asyncssh.SSHTCPSession[bytes]):
 class ForwardedConnection:
     """One forwarded TCP connection: two channels joined, recorded as one command."""
 
-    def __init__(self, ctx: SshContext, seq: int, what: str) -> None:
+    def __init__(self, ctx: SshContext, seq: int, what: str, *, from_target: bool = False) -> None:
         self.ctx = ctx
         self.seq = seq
         self.what = what
+        # Who opened it (the destination is the other side): the client (-L) or the target
+        # (-R, agent, X11).
+        self.from_target = from_target
         self.client = _Side(self)
         self.target = _Side(self)
         self.client.peer, self.target.peer = self.target, self.client
         self.started = time.monotonic()
         self._done = False
+        self._error = ""
 
     def attached(self) -> None:
         """Once both channels are open, relay what either side sent meanwhile."""
@@ -124,14 +140,23 @@ class ForwardedConnection:
         self.ctx.bytes_in += sent
         self.ctx.bytes_out += got
         self.ctx.forwards.discard(self)
+        there, back = (got, sent) if self.from_target else (sent, got)
+        status = f"closed; {there} bytes to the destination, {back} bytes back"
         self.ctx.finish(
             self.seq,
             ResultSummary(
-                status=f"closed; {sent} bytes to the destination, {got} bytes back",
+                status=f"refused; {status}" if self._error else status,
+                error_message=self._error or None,
                 bytes_out=got,
                 duration_ms=(time.monotonic() - self.started) * 1000,
             ),
         )
+
+    def refused(self, reason: str) -> None:
+        """End the connection because of what one side sent; the record says why."""
+        log.info("ssh %s: %s ended: %s", self.ctx.session.id, self.what, reason)
+        self._error = reason[:1000]
+        self.close()
 
     def close(self) -> None:
         for side in (self.client, self.target):
@@ -139,7 +164,9 @@ class ForwardedConnection:
                 side.chan.close()
 
 
-async def _admit(ctx: SshContext, kind: str, text: str, request: SshRequest) -> tuple[int, str]:
+async def admit_forward(
+    ctx: SshContext, kind: str, text: str, request: SshRequest
+) -> tuple[int, str]:
     """Decide on and record a forwarding request; returns its seq and why it is refused."""
     seq = ctx.next_seq()
     admission = ctx.gate.admit_ssh(ctx.session, seq, request, kind)
@@ -164,7 +191,7 @@ async def open_local(
     destination = f"{dest_host}:{dest_port}"
     text = f"forward local {destination}"
     request = SshRequest("forward", text=text, forwarding="local", destination=destination)
-    seq, refused = await _admit(ctx, "ssh.forward-local", text, request)
+    seq, refused = await admit_forward(ctx, "ssh.forward-local", text, request)
     if refused:
         raise asyncssh.ChannelOpenError(_PROHIBITED, f"lockgate: {refused}")
     pair = ForwardedConnection(ctx, seq, text)
@@ -188,7 +215,7 @@ async def listen_remote(
     where = f"{listen_host}:{listen_port}"
     text = f"forward remote {where}"
     request = SshRequest("forward", text=text, forwarding="remote", destination=where)
-    seq, refused = await _admit(ctx, "ssh.forward-remote", text, request)
+    seq, refused = await admit_forward(ctx, "ssh.forward-remote", text, request)
     if refused:
         return False
     listener: asyncssh.SSHListener | None = None
@@ -223,10 +250,10 @@ async def _remote_connection(
     where = f"{listen_host}:{listen_port}"
     text = f"forward remote {where} from {orig_host}:{orig_port}"
     request = SshRequest("forward", text=text, forwarding="remote", destination=where)
-    seq, refused = await _admit(ctx, "ssh.forward-remote-connection", text, request)
+    seq, refused = await admit_forward(ctx, "ssh.forward-remote-connection", text, request)
     if refused:
         raise asyncssh.ChannelOpenError(_PROHIBITED, f"lockgate: {refused}")
-    pair = ForwardedConnection(ctx, seq, text)
+    pair = ForwardedConnection(ctx, seq, text, from_target=True)
     try:
         await client.create_connection(
             lambda: pair.client, listen_host, listen_port, orig_host, orig_port, encoding=None

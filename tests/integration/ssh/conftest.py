@@ -9,6 +9,7 @@ is skipped cleanly when sshd or the clients are missing or we are not root.
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import socket
@@ -91,6 +92,7 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
             check=True,
         )
     (d / "authorized_keys").write_text((d / "gateway_key.pub").read_text())
+    (d / "Xauthority").touch(mode=0o600)
     fingerprint = subprocess.run(
         ["ssh-keygen", "-lf", f"{host_key}.pub"], capture_output=True, text=True, check=True
     ).stdout.split()[1]
@@ -111,7 +113,13 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
                 "UsePAM no",
                 "StrictModes no",
                 "AllowTcpForwarding yes",
-                "X11Forwarding no",
+                "AllowAgentForwarding yes",
+                # X11: sshd stores each session's cookie with xauth, in the fixture's own
+                # file rather than root's ~/.Xauthority.
+                "X11Forwarding yes",
+                "X11UseLocalhost yes",
+                "XAuthLocation /usr/bin/xauth",
+                f"SetEnv XAUTHORITY={d / 'Xauthority'}",
                 "PrintMotd no",
                 "PrintLastLog no",
                 "AcceptEnv LANG LC_*",
@@ -231,6 +239,60 @@ class SshGateway:
 
     def stop(self) -> None:
         _stop(self.proc)
+
+
+class Terminal:
+    """The real `ssh -tt` on a pseudo-terminal, driven like a person at a keyboard."""
+
+    def __init__(self, gw: SshGateway, token: str) -> None:
+        self.master, slave = os.openpty()
+        self.proc = subprocess.Popen(
+            ["ssh", "-tt", "-q", *gw.ssh_options(), "-p", str(gw.port), gw.login()],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env={**gw.client_env(token), "TERM": "xterm"},
+            start_new_session=True,
+        )
+        os.close(slave)
+        self.seen = b""
+
+    def wait_first_output(self, timeout: float = 20) -> None:
+        """Wait for the remote prompt: typing earlier would be echoed by the local terminal."""
+        deadline = time.monotonic() + timeout
+        while not self.seen:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._read(left):
+                raise AssertionError("the shell printed nothing")
+
+    def type(self, text: str) -> None:
+        os.write(self.master, text.encode())
+
+    def expect(self, needle: bytes, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while needle not in self.seen:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._read(left):
+                raise AssertionError(f"{needle!r} not seen; got {self.seen[-500:]!r}")
+
+    def _read(self, timeout: float) -> bool:
+        ready, _, _ = select.select([self.master], [], [], timeout)
+        if not ready:
+            return False
+        try:
+            data = os.read(self.master, 65536)
+        except OSError:  # EIO: ssh exited and closed the terminal
+            return False
+        self.seen += data
+        return bool(data)
+
+    def finish(self, timeout: float = 20) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self._read(max(deadline - time.monotonic(), 0)):
+            pass
+        code = self.proc.wait(timeout=max(deadline - time.monotonic(), 1))
+        os.close(self.master)
+        return code
 
 
 def finish(proc: subprocess.Popen[bytes], timeout: float = 30) -> tuple[int, bytes, bytes]:

@@ -1,11 +1,13 @@
-"""`action: review` on an exec command: held through the approvals broker, run on approval,
-refused on denial, with the user told on stderr what it waits for and how to approve."""
+"""`action: review` on an exec command or a line typed at a shell prompt: held through the
+approvals broker, run on approval, refused on denial, with the user told what it waits for
+and how to approve."""
 
 from __future__ import annotations
 
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,10 +15,12 @@ from tests.conftest import free_port
 from tests.integration.ssh.conftest import (
     SshGateway,
     Target,
+    Terminal,
     ended_session,
     finish,
     ssh_manifest,
     start_ssh_gateway,
+    wait_for,
 )
 
 pytestmark = pytest.mark.ssh
@@ -108,6 +112,86 @@ def test_closing_the_client_withdraws_the_request(reviewed: SshGateway) -> None:
     assert (cmd["decision"], cmd["status"]) == ("deny", "review withdrawn")
 
 
-def test_a_reviewed_command_typed_in_a_shell_ends_it(reviewed: SshGateway) -> None:
-    r = reviewed.ssh(reviewed.token("typist"), "-tt", input=b"printf deploy-x\n", timeout=60)
-    assert b"cannot run in an interactive shell" in r.stdout + r.stderr
+def _held_at_the_prompt(gw: SshGateway, user: str, line: str) -> tuple[Terminal, dict[str, Any]]:
+    """A shell where `line` was typed and is now held; and its approval request."""
+    term = Terminal(gw, gw.token(user))
+    term.wait_first_output()
+    term.type("echo ready-$((1+1))\r")
+    term.expect(b"ready-2\r\n")
+    term.type(line + "\r")
+    term.expect(b"held for review (rule: hold-deploys); waiting for approval request ")
+    req = _pending(gw, line)
+    term.expect(f"lockgate reviews approve {req['id']} --reason TEXT".encode())
+    term.expect(b"Ctrl-C withdraws it")
+    return term, req
+
+
+def _carries_on(term: Terminal) -> None:
+    """The session goes on; keys typed while the line waited never reached the shell."""
+    term.type("echo after-$((2+3))\r")
+    term.expect(b"after-5\r\n")
+    assert b"dropped-keys" not in term.seen.split(b"after-5")[-1]
+    term.type("exit 0\r")
+    assert term.finish() == 0
+
+
+def _line_record(gw: SshGateway, user: str) -> dict[str, Any]:
+    session = ended_session(gw, user, n_commands=2)
+    (line,) = [c for c in session["commands"] if c["kind"] == "ssh.shell-line"]
+    shell = next(c for c in session["commands"] if c["kind"] == "ssh.shell")
+    assert shell["status"].startswith("exit 0; recording sha256:")
+    return line
+
+
+def test_a_reviewed_line_typed_at_the_prompt_waits_then_runs_on_approval(
+    reviewed: SshGateway, tmp_path: Path
+) -> None:
+    marker = tmp_path / "deployed"
+    line = f"printf deploy-typed > {marker}"
+    term, req = _held_at_the_prompt(reviewed, "typist", line)
+    assert req["requester"] == "typist"
+    term.type("dropped-keys")
+    time.sleep(0.5)  # let the keys reach the gateway before the approval
+    assert not marker.exists()
+    reviewed.cli(
+        "reviews", "approve", req["id"], "--reason", "CHG-7", "--as", "root", "--group", "sre"
+    )
+    term.expect(b"lockgate: approved; the line runs now")
+    wait_for(marker.exists, "the approved line to run")
+    assert marker.read_text() == "deploy-typed"
+    _carries_on(term)
+    record = _line_record(reviewed, "typist")
+    assert (record["text"], record["decision"], record["rule"]) == (line, "allow", "hold-deploys")
+    assert record["status"] == "approved"
+    assert f"approval request {req['id']} approved: approved by root: CHG-7" in record["reason"]
+
+
+def test_a_denied_line_is_cleared_and_the_shell_goes_on(
+    reviewed: SshGateway, tmp_path: Path
+) -> None:
+    marker = tmp_path / "deployed"
+    line = f"printf deploy-refused > {marker}"
+    term, req = _held_at_the_prompt(reviewed, "typist-denied", line)
+    reviewed.cli(
+        "reviews", "deny", req["id"], "--reason", "not now", "--as", "root", "--group", "sre"
+    )
+    term.expect(b"lockgate: not run: rule 'hold-deploys' holds for review")
+    term.expect(b"denied by root: not now")
+    _carries_on(term)
+    assert not marker.exists()
+    record = _line_record(reviewed, "typist-denied")
+    assert (record["decision"], record["status"]) == ("deny", "review denied")
+
+
+def test_ctrl_c_withdraws_a_held_line(reviewed: SshGateway, tmp_path: Path) -> None:
+    marker = tmp_path / "deployed"
+    line = f"printf deploy-withdrawn > {marker}"
+    term, req = _held_at_the_prompt(reviewed, "typist-quits", line)
+    term.type("dropped-keys\x03")
+    term.expect(b"withdrawn at the prompt with Ctrl-C")
+    _carries_on(term)
+    assert not marker.exists()
+    rows = json.loads(reviewed.cli("reviews", "list", "--all", "--json").stdout)
+    assert next(r["status"] for r in rows if r["id"] == req["id"]) == "withdrawn"
+    record = _line_record(reviewed, "typist-quits")
+    assert (record["decision"], record["status"]) == ("deny", "review withdrawn")

@@ -2,72 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import select
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
-from tests.integration.ssh.conftest import SshGateway, ended_session
+from tests.integration.ssh.conftest import SshGateway, Terminal, ended_session
 
 from lockgate.proxy.ssh_recording import read_cast
 
 pytestmark = pytest.mark.ssh
-
-
-class Terminal:
-    """The real `ssh -tt` on a pseudo-terminal, driven like a person at a keyboard."""
-
-    def __init__(self, gw: SshGateway, token: str) -> None:
-        self.master, slave = os.openpty()
-        self.proc = subprocess.Popen(
-            ["ssh", "-tt", "-q", *gw.ssh_options(), "-p", str(gw.port), gw.login()],
-            stdin=slave,
-            stdout=slave,
-            stderr=slave,
-            env={**gw.client_env(token), "TERM": "xterm"},
-            start_new_session=True,
-        )
-        os.close(slave)
-        self.seen = b""
-
-    def wait_first_output(self, timeout: float = 20) -> None:
-        """Wait for the remote prompt: typing earlier would be echoed by the local terminal."""
-        deadline = time.monotonic() + timeout
-        while not self.seen:
-            left = deadline - time.monotonic()
-            if left <= 0 or not self._read(left):
-                raise AssertionError("the shell printed nothing")
-
-    def type(self, text: str) -> None:
-        os.write(self.master, text.encode())
-
-    def expect(self, needle: bytes, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while needle not in self.seen:
-            left = deadline - time.monotonic()
-            if left <= 0 or not self._read(left):
-                raise AssertionError(f"{needle!r} not seen; got {self.seen[-500:]!r}")
-
-    def _read(self, timeout: float) -> bool:
-        ready, _, _ = select.select([self.master], [], [], timeout)
-        if not ready:
-            return False
-        try:
-            data = os.read(self.master, 65536)
-        except OSError:  # EIO: ssh exited and closed the terminal
-            return False
-        self.seen += data
-        return bool(data)
-
-    def finish(self, timeout: float = 20) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self._read(max(deadline - time.monotonic(), 0)):
-            pass
-        code = self.proc.wait(timeout=max(deadline - time.monotonic(), 1))
-        os.close(self.master)
-        return code
 
 
 def _cast_output(gw: SshGateway, session: dict[str, object], seq: int) -> tuple[dict, str]:

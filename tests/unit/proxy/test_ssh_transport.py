@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 
 import asyncssh
 
@@ -111,3 +112,17 @@ async def test_abort_still_sends_what_was_written_before_it() -> None:
     assert bytes(received[0].data) == b"lockgate: session ended: why\ndisconnect"
     server.close()
     await server.wait_closed()
+
+
+def test_asyncssh_still_has_the_steps_agent_and_x11_forwarding_replace() -> None:
+    from asyncssh.connection import SSHClientConnection
+
+    from lockgate.proxy import ssh_agent_x11
+
+    for name in (ssh_agent_x11.AGENT_OPEN, ssh_agent_x11.X11_OPEN, ssh_agent_x11.X11_ATTACH):
+        assert callable(getattr(SSHClientConnection, name, None)), name
+    for name in ("create_agent_listener", "attach_x11_listener"):
+        assert callable(getattr(asyncssh.SSHServerConnection, name, None)), name
+    # Set in __init__; read by create_session to send auth-agent-req@openssh.com.
+    source = inspect.getsource(SSHClientConnection.create_session)
+    assert f"self.{ssh_agent_x11.AGENT_PATH}" in source
