@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import operator
 import os
 import socket
 import time
@@ -171,6 +172,55 @@ def event_digest(kind: str, row: Mapping[str, Any]) -> bytes:
         # Tagged, so it cannot be read as result fields; pairs, so key order cannot differ.
         values.append(["masked", row["masked_cells"], masked_pairs(row.get("masked_by_rule"))])
     return hashlib.sha256(orjson.dumps(values)).digest()
+
+
+class EventLayout:
+    """One event kind's canonical encoding, read from rows laid out as `columns`.
+
+    The ingester's fast path: it digests the tuples it inserts, without a dict per row.
+    Gives the same digest as `event_digest` over the same values (tested).
+    """
+
+    __slots__ = ("_conversions", "_fields", "_kind", "_masked", "_optional")
+
+    def __init__(self, kind: str, columns: Sequence[str]) -> None:
+        at = {name: i for i, name in enumerate(columns)}
+        names = EVENT_FIELDS[kind]
+        self._kind = kind
+        self._fields = operator.itemgetter(*(at[name] for name in names))
+        # Positions in the encoded list (after the kind) of the values to convert.
+        self._conversions = tuple(
+            (i + 1, conv) for i, (_name, conv) in enumerate(_CONVERTERS[kind]) if conv is not None
+        )
+        optional = OPTIONAL_FIELDS.get(kind, ())
+        self._optional = (
+            operator.itemgetter(*(at[name] for name in optional))
+            if optional and all(name in at for name in optional)
+            else None
+        )
+        self._masked = (
+            (at["masked_cells"], at["masked_by_rule"])
+            if kind == "F" and "masked_cells" in at and "masked_by_rule" in at
+            else None
+        )
+        if optional and self._optional is None:
+            raise ValueError(f"rows for {kind} events lack {', '.join(optional)}")
+
+    def digest(self, row: Sequence[Any]) -> bytes:
+        """SHA-256 of the canonical encoding of the event held in `row`."""
+        values: list[Any] = [self._kind, *self._fields(row)]
+        for i, conv in self._conversions:
+            v = values[i]
+            if v is not None:
+                values[i] = conv(v)
+        if self._optional is not None:
+            extra = self._optional(row)
+            if extra[0] is not None:
+                values.extend(extra)
+        masked = self._masked
+        if masked is not None and row[masked[0]] is not None:
+            values.append(["masked", row[masked[0]], masked_pairs(row[masked[1]])])
+        return hashlib.sha256(orjson.dumps(values)).digest()
 
 
 def masked_pairs(value: Any) -> list[list[Any]]:
@@ -427,6 +477,7 @@ class ChainWriter:
     def add(
         self, kind: str, session_id: str | None, item: int | None, row: Mapping[str, Any]
     ) -> None:
+        """Chain one event whose values `row` holds by column name."""
         digest = event_digest(kind, row)
         seq, prev = self._head
         seq += 1
@@ -437,6 +488,30 @@ class ChainWriter:
             self._out.append((kind, seq, h, row))
         if kind == "C" and self._sqlite:
             self._fts.append(((self.chain_id << FTS_SHIFT) | seq, row["text"], session_id, item))
+
+    def add_row(
+        self,
+        layout: EventLayout,
+        kind: str,
+        session_id: str | None,
+        item: int | None,
+        columns: Sequence[str],
+        row: Sequence[Any],
+        text: str | None = None,
+    ) -> None:
+        """Chain one event held in the tuple `row` (laid out as `columns`): the fast path.
+
+        `text` is a command's statement, for the search index.
+        """
+        digest = layout.digest(row)
+        seq = self._head[0] + 1
+        h = link(self._head[1], digest)
+        self._head = (seq, h)
+        self._events.append((self.chain_id, seq, kind, session_id, item, digest, h))
+        if self.collect:
+            self._out.append((kind, seq, h, dict(zip(columns, row, strict=True))))
+        if text is not None and self._sqlite:
+            self._fts.append(((self.chain_id << FTS_SHIFT) | seq, text, session_id, item))
 
     def write(self, cur: Any, *, force_seal: bool = False) -> None:
         """Insert this transaction's events (and a checkpoint when one is due)."""

@@ -57,6 +57,9 @@ class JournalIngester:
     ) -> None:
         self.folder = folder
         self.interval = interval
+        # After a pass that wrote at least `busy_records`, the next one waits longer.
+        self.busy_records = 200
+        self.busy_interval = max(interval, 0.25)
         self.stats = RecorderStats()
         # One hash chain per ingester, keyed in the state folder that holds the journals.
         self.chain = ChainWriter(folder.parent)
@@ -143,7 +146,14 @@ class JournalIngester:
                 with self._passes:
                     self._idle_pass = number
                     self._passes.notify_all()
-            stop.wait(self.interval if failures == 0 else min(2.0, self.interval * failures))
+            if failures:
+                stop.wait(min(2.0, self.interval * failures))
+            elif busy >= self.busy_records:
+                # Heavy traffic: let records gather into fewer, larger transactions (each
+                # commit, and each statement's share of it, costs CPU the workers need).
+                stop.wait(self.busy_interval)
+            else:
+                stop.wait(self.interval)
 
     def start_thread(self) -> bool:
         """Run in a thread of this process if no other ingester holds the folder."""

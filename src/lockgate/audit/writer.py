@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from lockgate.audit.chain import ChainWriter
+from lockgate.audit.chain import ChainWriter, EventLayout
 from lockgate.audit.dbapi import insert_sql, marker, update_sql
 from lockgate.audit.tables import (
     CHAIN_TABLES,
@@ -145,6 +145,16 @@ class _Statements:
         self.refusal_columns = [c.name for c in refusals.columns if c.name != "id"]
         self.finish_columns = [*_COMMAND_FINISH_COLUMNS, "session_id", "seq"]
         self.end_columns = [*_SESSION_END_COLUMNS, "id"]
+        # Where the fast path finds a command row's keys, statement and outcome.
+        self.command_at = tuple(
+            self.command_columns.index(name) for name in ("session_id", "seq", "text", "finished_at")
+        )
+        self.command_layouts = (
+            EventLayout("C", self.command_columns),
+            EventLayout("F", self.command_columns),
+        )
+        self.finish_layout = EventLayout("F", self.finish_columns)
+        self.end_layout = EventLayout("E", self.end_columns)
         self.insert_session = insert_sql(dialect, sessions, self.session_columns)
         self.insert_command = insert_sql(dialect, commands, self.command_columns)
         self.insert_refusal = insert_sql(dialect, refusals, self.refusal_columns)
@@ -208,13 +218,30 @@ class StoreWriter:
         # same text several times faster. Used only when it provably gives the same text.
         probe = datetime(2026, 1, 2, 3, 4, 5, 60708, tzinfo=UTC)
         self._fast_ts = engine.dialect.name == "sqlite" and self._ts(probe) == _iso(probe)
+        self._second = -1
+        self._second_text = ""
 
     def timestamp(self, epoch: float) -> Any:
         """A journal timestamp (seconds since the epoch) as the store's driver wants it."""
-        moment = datetime.fromtimestamp(epoch, UTC)
-        if self._fast_ts:
-            return moment.isoformat(" ", "microseconds")[:-6]  # _iso without "+00:00"
-        return self._ts(moment)
+        if self._fast_ts and epoch >= 0:
+            return self._text_ts(epoch)
+        return self._ts(datetime.fromtimestamp(epoch, UTC))
+
+    def _text_ts(self, epoch: float) -> str:
+        """`_iso(datetime.fromtimestamp(epoch, UTC))`, formatting each second only once.
+
+        Rounds like `fromtimestamp` (the fraction to microseconds, half to even): the text
+        is chained, so it must not differ by a microsecond (tests compare both ways).
+        """
+        sec = int(epoch)
+        micro = round((epoch - sec) * 1e6)
+        if micro >= 1_000_000:
+            sec += 1
+            micro -= 1_000_000
+        if sec != self._second:
+            self._second_text = datetime.fromtimestamp(sec, UTC).isoformat(" ")[:19]
+            self._second = sec
+        return f"{self._second_text}.{micro:06d}"
 
     def connect(self) -> None:
         if self._sqlite_path is not None:
@@ -384,11 +411,13 @@ class StoreWriter:
         if batch.cmd_rows:
             cur.executemany(sql.insert_command, batch.cmd_rows)
             names = sql.command_columns
+            started, finished = sql.command_layouts
+            add = chain.add_row
+            sid, seq, text, fin = sql.command_at
             for row in batch.cmd_rows:
-                m = dict(zip(names, row, strict=True))
-                chain.add("C", m["session_id"], m["seq"], m)
-                if m["finished_at"] is not None:
-                    chain.add("F", m["session_id"], m["seq"], m)
+                add(started, "C", row[sid], row[seq], names, row, row[text])
+                if row[fin] is not None:
+                    add(finished, "F", row[sid], row[seq], names, row)
         if batch.refusal_rows:
             names = sql.refusal_columns
             for row in batch.refusal_rows:
@@ -396,9 +425,9 @@ class StoreWriter:
                 m = dict(zip(names, row, strict=True))
                 m["id"] = int(cur.fetchone()[0])
                 chain.add("R", None, m["id"], m)
-        for rows, statement, names, kind in (
-            (batch.cmd_updates, sql.finish_command, sql.finish_columns, "F"),
-            (batch.sess_updates, sql.end_session, sql.end_columns, "E"),
+        for rows, statement, names, kind, layout in (
+            (batch.cmd_updates, sql.finish_command, sql.finish_columns, "F", sql.finish_layout),
+            (batch.sess_updates, sql.end_session, sql.end_columns, "E", sql.end_layout),
         ):
             if not rows:
                 continue
@@ -415,11 +444,11 @@ class StoreWriter:
                     else:
                         log.warning("audit record skipped (%s of an unknown record)", kind)
             for row in applied:
-                m = dict(zip(names, row, strict=True))
+                # Both end with their keys: (…, session_id, seq) and (…, id).
                 if kind == "F":
-                    chain.add("F", m["session_id"], m["seq"], m)
+                    chain.add_row(layout, "F", row[-2], row[-1], names, row)
                 else:
-                    chain.add("E", m["id"], None, m)
+                    chain.add_row(layout, "E", row[-1], None, names, row)
         if batch.result_rows:
             # Not events of their own: their hash is in the command's outcome (chained above).
             cur.executemany(sql.insert_result, batch.result_rows)
