@@ -41,7 +41,8 @@ SQL = "SELECT abalance FROM pgbench_accounts WHERE aid = $1;"
 # RowDescription (abalance int4), one DataRow, CommandComplete: what pgbench -S gets back.
 RESULT = (
     b"T\x00\x00\x00\x21\x00\x01abalance\x00\x00\x00\x40\x06\x00\x03\x00\x00\x00\x17\x00\x04"
-    b"\xff\xff\xff\xff\x00\x00D\x00\x00\x00\x0b\x00\x01\x00\x00\x00\x010C\x00\x00\x00\x0dSELECT 1\x00"
+    b"\xff\xff\xff\xff\x00\x00D\x00\x00\x00\x0b\x00\x01\x00\x00\x00\x010"
+    b"C\x00\x00\x00\x0dSELECT 1\x00"
 )
 SESSIONS = 16
 
@@ -60,7 +61,9 @@ class Load:
         client = ClientInfo("127.0.0.1:5000", "postgres", "bench", "pgbench")
         for sid in self.sids:
             await self.rec.session_started(
-                Session(sid, Principal("bench", frozenset({"eng"})), "pgb", client, datetime.now(UTC))
+                Session(
+                    sid, Principal("bench", frozenset({"eng"})), "pgb", client, datetime.now(UTC)
+                )
             )
 
     async def batch(self, size: int) -> float:
@@ -72,7 +75,9 @@ class Load:
             self.n += 1
             self.seqs[sid] += 1
             seq = self.seqs[sid]
-            cmd = Command(sid, seq, SQL, "select", ("pgbench_accounts",), (str(self.n),), self.allow)
+            cmd = Command(
+                sid, seq, SQL, "select", ("pgbench_accounts",), (str(self.n),), self.allow
+            )
             fut = rec.commands_started([cmd])
             if fut is not None:
                 await fut

@@ -147,7 +147,8 @@ class _Statements:
         self.end_columns = [*_SESSION_END_COLUMNS, "id"]
         # Where the fast path finds a command row's keys, statement and outcome.
         self.command_at = tuple(
-            self.command_columns.index(name) for name in ("session_id", "seq", "text", "finished_at")
+            self.command_columns.index(name)
+            for name in ("session_id", "seq", "text", "finished_at")
         )
         self.command_layouts = (
             EventLayout("C", self.command_columns),
