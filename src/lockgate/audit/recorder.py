@@ -140,6 +140,7 @@ class AuditRecorder:
         self._accepting = False
         if self._timer is not None:
             self._timer.cancel()
+            self._timer = None
         self._flush()
         assert self._journal is not None
         self._journal.close()
@@ -221,9 +222,8 @@ class AuditRecorder:
             group.futures.append(fut)
             return fut
         self._group = _Group([], [])
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        # A linger timer that is set stays set: outcomes recorded after this write wait for
+        # it (or the next write), and no timer is made and cancelled per command.
         assert self._journal is not None
         try:
             if self._journal.broken or self._journal.size > self.rotate_bytes:
@@ -315,13 +315,14 @@ class AuditRecorder:
             return
         self._group.records.append(rec)
         if not self._scheduled and self._timer is None:
-            self._timer = self._loop.call_later(self._linger, self._flush)
+            self._timer = self._loop.call_later(self._linger, self._lingered)
+
+    def _lingered(self) -> None:
+        self._timer = None
+        self._flush()
 
     def _flush(self) -> None:
         self._scheduled = False
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         group = self._group
         if not group.records:
             return
