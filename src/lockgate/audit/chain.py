@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy import Dialect
 
-from lockgate.audit.dbapi import insert_sql, marker
+from lockgate.audit.dbapi import BulkInsert, insert_sql, marker
 from lockgate.audit.tables import (
     FTS_TABLE,
     audit_chains,
@@ -395,11 +395,6 @@ class ChainWriter:
             f"WHERE chain = {mark(1)} AND seq = {mark(2)}",
             "sealed": f"SELECT max(seq) FROM {audit_checkpoints.name} "
             f"WHERE chain = {mark(1)} AND kind = 'periodic'",
-            "event": insert_sql(
-                dialect,
-                audit_events,
-                ["chain", "seq", "kind", "session_id", "item", "digest", "hash"],
-            ),
             "checkpoint": insert_sql(
                 dialect,
                 audit_checkpoints,
@@ -408,6 +403,9 @@ class ChainWriter:
             "fts": f"INSERT INTO {FTS_TABLE} (rowid, text, session_id, seq) "
             f"VALUES ({mark(1)}, {mark(2)}, {mark(3)}, {mark(4)})",
         }
+        self._insert_events = BulkInsert(
+            dialect, audit_events, ["chain", "seq", "kind", "session_id", "item", "digest", "hash"]
+        )
         cur = conn.cursor()
         try:
             cur.execute(self._sql["find"], (self.name,))
@@ -516,7 +514,7 @@ class ChainWriter:
     def write(self, cur: Any, *, force_seal: bool = False) -> None:
         """Insert this transaction's events (and a checkpoint when one is due)."""
         if self._events:
-            cur.executemany(self._sql["event"], self._events)
+            self._insert_events(cur, self._events)
         if self._fts:
             cur.executemany(self._sql["fts"], self._fts)
         seq, h = self._head
@@ -579,3 +577,4 @@ class ChainWriter:
 
     _sealed_pending = 0
     _ts: Any = None
+    _insert_events: BulkInsert

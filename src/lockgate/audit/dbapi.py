@@ -7,6 +7,7 @@ these helpers derive the statements from the Core tables so names stay in one pl
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from sqlalchemy import Dialect, Table
 
@@ -41,3 +42,31 @@ def update_sql(dialect: Dialect, table: Table, columns: Sequence[str], keys: Seq
     n = len(columns)
     where = " AND ".join(f"{quote(k)} = {mark(n + i + 1)}" for i, k in enumerate(keys))
     return f"UPDATE {quote(table.name)} SET {sets} WHERE {where}"
+
+
+class BulkInsert:
+    """Inserts many rows into one table: COPY on PostgreSQL through psycopg 3, else executemany.
+
+    psycopg's `executemany` sends one prepared INSERT per row through its pipeline (about
+    100 µs of Python per row); `COPY … FROM STDIN` writes the rows as one stream, each row
+    formatted in C. Errors are the same DBAPI classes (a duplicate is an IntegrityError).
+    """
+
+    __slots__ = ("copy", "sql")
+
+    def __init__(self, dialect: Dialect, table: Table, columns: Sequence[str]) -> None:
+        self.sql = insert_sql(dialect, table, columns)
+        self.copy: str | None = None
+        if dialect.name == "postgresql" and dialect.driver == "psycopg":
+            quote = dialect.identifier_preparer.quote
+            names = ", ".join(quote(c) for c in columns)
+            self.copy = f"COPY {quote(table.name)} ({names}) FROM STDIN"
+
+    def __call__(self, cur: Any, rows: Sequence[Sequence[Any]]) -> None:
+        if self.copy is None or len(rows) == 1:
+            cur.executemany(self.sql, rows)
+            return
+        with cur.copy(self.copy) as copy:
+            write = copy.write_row
+            for row in rows:
+                write(row)

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from lockgate.audit.chain import ChainWriter, EventLayout
-from lockgate.audit.dbapi import insert_sql, marker, update_sql
+from lockgate.audit.dbapi import BulkInsert, insert_sql, marker, update_sql
 from lockgate.audit.tables import (
     CHAIN_TABLES,
     command_results,
@@ -156,10 +156,10 @@ class _Statements:
         )
         self.finish_layout = EventLayout("F", self.finish_columns)
         self.end_layout = EventLayout("E", self.end_columns)
-        self.insert_session = insert_sql(dialect, sessions, self.session_columns)
-        self.insert_command = insert_sql(dialect, commands, self.command_columns)
+        self.insert_sessions = BulkInsert(dialect, sessions, self.session_columns)
+        self.insert_commands = BulkInsert(dialect, commands, self.command_columns)
         self.insert_refusal = insert_sql(dialect, refusals, self.refusal_columns)
-        self.insert_result = insert_sql(
+        self.insert_results = BulkInsert(
             dialect, command_results, [c.name for c in command_results.columns]
         )
         self.insert_refusal_id = insert_sql(dialect, refusals, self.refusal_columns, "id")
@@ -389,15 +389,15 @@ class StoreWriter:
     def _write_rows(self, cur: Any, batch: Batch) -> None:
         sql = self._sql
         if batch.sess_rows:
-            cur.executemany(sql.insert_session, batch.sess_rows)
+            sql.insert_sessions(cur, batch.sess_rows)
         if batch.cmd_rows:
-            cur.executemany(sql.insert_command, batch.cmd_rows)
+            sql.insert_commands(cur, batch.cmd_rows)
         if batch.refusal_rows:
             cur.executemany(sql.insert_refusal, batch.refusal_rows)
         if batch.cmd_updates:
             cur.executemany(sql.finish_command, batch.cmd_updates)
         if batch.result_rows:
-            cur.executemany(sql.insert_result, batch.result_rows)
+            sql.insert_results(cur, batch.result_rows)
         if batch.sess_updates:
             cur.executemany(sql.end_session, batch.sess_updates)
 
@@ -405,12 +405,12 @@ class StoreWriter:
         """Write the rows and chain one event per start, outcome, end and refusal."""
         sql = self._sql
         if batch.sess_rows:
-            cur.executemany(sql.insert_session, batch.sess_rows)
+            sql.insert_sessions(cur, batch.sess_rows)
             names = sql.session_columns
             for row in batch.sess_rows:
                 chain.add("S", row[0], None, dict(zip(names, row, strict=True)))
         if batch.cmd_rows:
-            cur.executemany(sql.insert_command, batch.cmd_rows)
+            sql.insert_commands(cur, batch.cmd_rows)
             names = sql.command_columns
             started, finished = sql.command_layouts
             add = chain.add_row
@@ -452,7 +452,7 @@ class StoreWriter:
                     chain.add_row(layout, "E", row[-1], None, names, row)
         if batch.result_rows:
             # Not events of their own: their hash is in the command's outcome (chained above).
-            cur.executemany(sql.insert_result, batch.result_rows)
+            sql.insert_results(cur, batch.result_rows)
 
 
 def unavailable(exc: BaseException, consequence: str) -> AuditUnavailable:

@@ -192,3 +192,43 @@ async def test_search_on_postgresql(
     assert found(text="total", group="dba") == [2]
     assert found(text="custom") == []
     assert found(subject="alice") == [2, 1]
+
+
+# Text and bytes that COPY's text format must escape (tabs, newlines, backslashes, \N).
+AWKWARD = ["SELECT 'a\tb'", "SELECT 'line\nbreak'", "SELECT '\\N', E'\\\\x00'", "SELECT 'é \r'"]
+
+
+async def test_batches_copied_in_keep_every_value_and_verify(
+    pg_engine: Engine, tmp_path: Path
+) -> None:
+    from lockgate.audit.query import get_session
+    from lockgate.audit.verify import verify
+    from lockgate.model import CapturedResult, ResultSummary
+
+    results = [bytes(range(256)) * k for k in (0, 1, 3)] + [b"\t\n\\N\x00", b"D" * 5000]
+    rec = AuditRecorder(pg_engine, tmp_path / "state" / "journal", ingest=False)
+    await rec.start()
+    await rec.session_started(make_session("s-1"))
+    seq = 0
+    for text_ in AWKWARD:
+        for data in results:
+            seq += 1
+            await rec.command_started(make_command("s-1", seq, text_, params=(text_, None)))
+            captured = CapturedResult("pgwire", data, 2, None if seq % 2 else 0, seq)
+            masked = {"pii\t1": seq} if seq % 3 == 0 else None
+            summary = ResultSummary(2, "SELECT 2", None, None, 9, 0.5, captured, masked)
+            rec.command_finished("s-1", seq, summary)
+    await rec.close()
+    ingester = JournalIngester(pg_engine, tmp_path / "state" / "journal")
+    assert ingester.ingest_once(seal=True) == 1 + 2 * seq  # one batch: COPY, not row by row
+    ingester.unlock()
+
+    session = get_session(pg_engine, "s-1")
+    assert session is not None and len(session["commands"]) == seq
+    for i, cmd in enumerate(session["commands"]):
+        text_, data = AWKWARD[i // len(results)], results[i % len(results)]
+        assert (cmd["text"], cmd["params"], cmd["result_data"]) == (text_, [text_, None], data)
+        assert cmd["masked_by_rule"] == ({"pii\t1": i + 1} if (i + 1) % 3 == 0 else None)
+    report = verify(pg_engine, tmp_path / "state")
+    assert report.ok, report.findings()
+    assert report.chains[0].events == 1 + 2 * seq
