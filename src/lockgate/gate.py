@@ -51,6 +51,7 @@ from lockgate.secrets.refs import resolve_secret
 from lockgate.secrets.store import SecretStore
 from lockgate.sql.analyze import Analysis, Analyzer
 from lockgate.store import open_engine
+from lockgate.wakeups import Wakeups
 
 log = logging.getLogger("lockgate.gate")
 
@@ -116,11 +117,14 @@ class Gate:
         self.analyzer = Analyzer()
         self.approval_rules = ApprovalRules(manifest)
         self.approvals = ApprovalStore(engine)
+        # One listener per process for every loop that polls the store (wakeups.py).
+        self.wakeups = Wakeups(engine)
         hooks = manifest.approvals.webhooks
         self.broker = ApprovalBroker(
             self.approvals,
             manifest.approvals.poll_interval,
             notify=WebhookNotifier(hooks, console_address(manifest)) if hooks else None,
+            wakeups=self.wakeups,
         )
         self._grant_rules = frozenset(r.name for r in manifest.access if r.requires_grant)
         self.audit = AuditRecorder(
@@ -136,6 +140,7 @@ class Gate:
         await self.audit.start()
 
     async def close(self) -> None:
+        await self.wakeups.close()
         await self.audit.close()
 
     # -- connection ---------------------------------------------------------------------

@@ -15,6 +15,7 @@ from lockgate.identity.login import Provider
 from lockgate.identity.tokens import GatewayTokenAuthority
 from lockgate.identity.verifier import IdentityVerifier
 from lockgate.secrets.store import SecretStore
+from lockgate.wakeups import Wakeups
 
 if TYPE_CHECKING:
     from lockgate.gate import Gate
@@ -38,6 +39,8 @@ class AdminContext:
     oidc_provider: Provider | None = None
     # The event hub (admin/hub.py), made on first use.
     events: object | None = None
+    # Store change notifications (wakeups.py): the gateway's own, or the context's.
+    wakeups: Wakeups | None = None
 
     @classmethod
     def for_manifest(cls, manifest: Manifest, engine: Engine) -> AdminContext:
@@ -55,6 +58,7 @@ class AdminContext:
             approvals=ApprovalStore(engine),
             authority=authority,
             secrets=SecretStore.for_manifest(manifest, engine),
+            wakeups=Wakeups(engine),
         )
 
 
@@ -67,6 +71,7 @@ def for_gate(gate: Gate) -> AdminContext:
         approvals=gate.approvals,
         authority=gate.authority,
         secrets=gate.secrets,
+        wakeups=gate.wakeups,
     )
 
 

@@ -1,9 +1,12 @@
-"""Changes to reviews and sessions, found by polling the state store, fanned out to streams.
+"""Changes to reviews and sessions, found in the state store, fanned out to streams.
 
 Requests are decided and sessions open in any gateway process (or the CLI), so the store is
-the one place that sees them all. One task per admin app polls it every
-`admin.events_interval` while at least one stream listens (at once after a local change:
-`kick`), compares with what it saw last, and hands each change to every listener's queue.
+the one place that sees them all. One task per admin app looks at it while at least one
+stream listens, compares with what it saw last, and hands each change to every listener's
+queue. It looks at once when a request is created, decided or closed anywhere (the
+`APPROVALS` notification, wakeups.py: `NOTIFY` on a PostgreSQL store, in-process on any
+store) or after a local change (`kick`), and every `admin.events_interval` otherwise:
+sessions starting and ending, and changes no notification reaches, are found that way.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from lockgate.admin.context import AdminContext
 from lockgate.approvals.store import ApprovalRequest
 from lockgate.audit.query import list_sessions
 from lockgate.tasks import spawn
+from lockgate.wakeups import APPROVALS, Wakeups, Watch
 
 log = logging.getLogger("lockgate.admin.events")
 # Bounded: a listener that stops reading loses events rather than growing memory.
@@ -42,7 +46,7 @@ class EventHub:
     def __init__(self, ctx: AdminContext) -> None:
         self._ctx = ctx
         self._listeners: set[asyncio.Queue[Change]] = set()
-        self._wake = asyncio.Event()
+        self._watch: Watch | None = None
         self._task: asyncio.Task[None] | None = None
         self._reviews: dict[str, tuple[str, int]] | None = None
         self._sessions: dict[str, bool] | None = None
@@ -59,12 +63,22 @@ class EventHub:
 
     def kick(self) -> None:
         """Look now (something changed here), not at the next interval."""
-        self._wake.set()
+        if self._watch is not None:
+            self._watch.fire()
 
     async def _run(self) -> None:
         admin = self._ctx.manifest.admin
         interval = admin.events_interval if admin else 1.0
         self._reviews = self._sessions = None  # a fresh baseline: no replay of old news
+        if self._ctx.wakeups is None:
+            self._ctx.wakeups = Wakeups(self._ctx.engine)
+        self._watch = watch = self._ctx.wakeups.watch(APPROVALS)
+        try:
+            await self._look(watch, interval)
+        finally:
+            watch.close()
+
+    async def _look(self, watch: Watch, interval: float) -> None:
         while self._listeners and not self._ctx.stopping.is_set():
             try:
                 changes = await asyncio.to_thread(self._poll)
@@ -75,11 +89,7 @@ class EventHub:
                 for queue in list(self._listeners):
                     if not queue.full():
                         queue.put_nowait(change)
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=interval)
-            except TimeoutError:
-                pass
+            await watch.wait(interval)
 
     def _poll(self) -> list[Change]:
         out: list[Change] = []

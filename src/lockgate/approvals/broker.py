@@ -4,11 +4,15 @@ Theory of operation
 -------------------
 A protocol handler that must hold a command calls `ApprovalBroker.open` (the request is
 stored, then announced) and gets back a future from `wait`. Decisions are written to the
-store by whoever takes them (the CLI, another process), so each process polls: one task,
-alive only while this process holds requests, asks the store every `poll_interval` for the
+store by whoever takes them (the CLI, the admin API, another host), so each process
+watches: one task, alive only while this process holds requests, asks the store for the
 status of those requests (one indexed query) and resolves the futures of the ones that
-closed. A request past its expiry is closed as `expired` by the poller itself. A handler
-whose client goes away calls `withdraw`. Nothing here runs per row or per byte.
+closed. It asks when woken (every change to a request notifies `APPROVALS`, see
+wakeups.py: `NOTIFY` from any host on a PostgreSQL store, and in-process from this one),
+at the earliest expiry it holds, and at least every `poll_interval` (the fallback when a
+notification cannot arrive: another process on a SQLite store, a lost listener). A request
+past its expiry is closed as `expired` by the poller itself. A handler whose client goes
+away calls `withdraw`. Nothing here runs per row or per byte.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from lockgate.approvals.store import (
     ApprovalStore,
 )
 from lockgate.tasks import spawn
+from lockgate.wakeups import APPROVALS, Wakeups
 
 log = logging.getLogger("lockgate.approvals")
 
@@ -52,11 +57,16 @@ class ApprovalBroker:
     """Stores requests, wakes the handlers waiting on them; one per gateway process."""
 
     def __init__(
-        self, store: ApprovalStore, poll_interval: float = 0.5, notify: Notify | None = None
+        self,
+        store: ApprovalStore,
+        poll_interval: float = 0.5,
+        notify: Notify | None = None,
+        wakeups: Wakeups | None = None,
     ) -> None:
         self.store = store
         self.poll_interval = poll_interval
         self._notify = notify
+        self._wakeups = wakeups
         self._waiting: dict[str, tuple[ApprovalRequest, asyncio.Future[ApprovalOutcome]]] = {}
         self._poller: asyncio.Task[None] | None = None
 
@@ -93,12 +103,30 @@ class ApprovalBroker:
             self._notify("request.withdrawn", entry[0])
 
     async def _poll(self) -> None:
-        while self._waiting:
-            await asyncio.sleep(self.poll_interval)
-            try:
-                await self._check()
-            except Exception:  # a store hiccup must not strand the waiting clients
-                log.exception("approval poll failed")
+        watch = self._wakeups.watch(APPROVALS) if self._wakeups is not None else None
+        try:
+            # At once first: a decision taken before the watch existed woke nobody.
+            while self._waiting:
+                try:
+                    await self._check()
+                except Exception:  # a store hiccup must not strand the waiting clients
+                    log.exception("approval poll failed")
+                if not self._waiting:
+                    break
+                if watch is None:
+                    await asyncio.sleep(self._next_wait())
+                else:
+                    await watch.wait(self._next_wait())
+        finally:
+            if watch is not None:
+                watch.close()
+
+    def _next_wait(self) -> float:
+        """Seconds until the next look: the fallback interval or the earliest expiry."""
+        soonest = min((r.expires_at for r, _ in self._waiting.values()), default=None)
+        left = (soonest - datetime.now(UTC)).total_seconds() if soonest else 0.0
+        # Past due means closing it failed just now: retry at the fallback pace.
+        return min(self.poll_interval, left + 0.01) if left > 0 else self.poll_interval
 
     async def _check(self) -> None:
         ids = list(self._waiting)

@@ -12,6 +12,10 @@ Decisions: any listed reviewer may deny (one denial closes the request); approva
 until the quorum, one per reviewer, and with `distinct_groups` each counts for a reviewer
 group no earlier approval counted for. Nobody decides on their own request. An approved
 access request (`grant`) becomes a row in `access_grants` in the same transaction.
+
+Every change to a request notifies `APPROVALS` in its transaction, and revoking a grant
+notifies `SESSIONS` (wakeups.py): the process holding the request, or live sessions under
+the grant, acts at once instead of at its next poll, on this host and on the others.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from lockgate.config.model import ApprovalRule, parse_duration
 from lockgate.errors import LockgateError
 from lockgate.identity.tokens import utc
 from lockgate.model import Principal
+from lockgate.wakeups import APPROVALS, SESSIONS, notify
 
 PENDING, APPROVED, DENIED, EXPIRED, WITHDRAWN = (
     "pending",
@@ -214,6 +219,7 @@ class ApprovalStore:
         }
         with self.engine.begin() as conn:
             conn.execute(approval_requests.insert().values(**row))
+            notify(conn, APPROVALS)
         return _request(row, ())
 
     def get(self, request_id: str) -> ApprovalRequest | None:
@@ -250,6 +256,8 @@ class ApprovalStore:
                 .where(and_(t.status == PENDING, t.expires_at <= now))
                 .values(status=EXPIRED, closed_at=now, outcome="no reviewer decided in time")
             )
+            if result.rowcount:
+                notify(conn, APPROVALS)
         return int(result.rowcount or 0)
 
     def outcomes(self, ids: Iterable[str]) -> dict[str, tuple[str, str | None]]:
@@ -375,6 +383,8 @@ class ApprovalStore:
                 .where(and_(t.id == grant_id, t.revoked_at.is_(None)))
                 .values(revoked_at=now, revoked_reason=reason)
             )
+            if result.rowcount:
+                notify(conn, SESSIONS)  # live sessions under it end at once, on every host
         return bool(result.rowcount)
 
     # ------------------------------------------------------------------ loading
@@ -410,6 +420,8 @@ def _close(conn: Connection, request_id: str, status: str, outcome: str, now: da
         .where(and_(t.id == request_id, t.status == PENDING))
         .values(status=status, closed_at=now, outcome=outcome)
     )
+    if result.rowcount:
+        notify(conn, APPROVALS)
     return bool(result.rowcount)
 
 

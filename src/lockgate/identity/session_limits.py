@@ -3,7 +3,8 @@
 The manifest's `identity.sessions` decides: with `on_token_expiry: end` a session ends when
 the token it was opened with expires; with `allow` it may outlive the token. Either way no
 session outlives `max_session`, and a revoked token or subject ends its sessions at the next
-check (protocol handlers call `verdicts` every `check_interval`).
+check (protocol handlers call `verdicts` every `check_interval`, and at once when a
+revocation, a revoked grant or an end-session request notifies `LIVE_SESSIONS`, wakeups.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from lockgate.identity.revocation import ensure_tables, revoked_principals
 from lockgate.identity.tables import session_terminations
 from lockgate.identity.tokens import format_duration, iso
 from lockgate.model import Session, SessionEnd
+from lockgate.wakeups import SESSIONS, notify
 
 log = logging.getLogger("lockgate.identity.sessions")
 
@@ -111,6 +113,7 @@ def request_end(engine: Engine, session_id: str, requested_by: str, reason: str)
                     requested_at=datetime.now(UTC),
                 )
             )
+            notify(conn, SESSIONS)  # the process holding it checks at once, on any host
     except IntegrityError:
         return False
     return True

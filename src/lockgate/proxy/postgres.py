@@ -32,7 +32,7 @@ from lockgate.proxy.endpoint import Endpoint
 from lockgate.proxy.pg_errors import error_for
 from lockgate.proxy.pg_relay import PgRelay
 from lockgate.proxy.pg_upstream import UpstreamTarget, connect_upstream, upstream_target
-from lockgate.wakeups import REVOKED, Wakeups
+from lockgate.wakeups import LIVE_SESSIONS
 
 log = logging.getLogger("lockgate.postgres")
 
@@ -136,10 +136,10 @@ class PostgresEngine:
     async def watch_sessions(self) -> None:
         """End live sessions whose token expired or was revoked, every `check_interval`."""
         interval = self.gate.live_sessions.check_interval
-        # A shared PostgreSQL store wakes this at once when any host revokes (wakeups.py).
-        wakeups = Wakeups(self.gate.engine)
+        # Woken at once by a revocation or an end-session request on any host (wakeups.py).
+        watch = self.gate.wakeups.watch(*LIVE_SESSIONS)
         while True:
-            await wakeups.wait(REVOKED, interval)
+            await watch.wait(interval)
             if not self._enders:
                 continue
             try:

@@ -23,10 +23,11 @@ certificate from `lockgate ssh-cert`, signed by the gateway's SSH CA.
    forwarding are refused unless a rule allows them; then the agent and X11 channels the
    target opens are relayed back to the client and recorded (`ssh_agent_x11`).
 3. The end: when the client or the target goes away, the other side is closed and the
-   session record is completed with the bytes each way. Every `check_interval`,
-   `SshEngine.watch_sessions` asks the gate which live sessions must end (token expired
-   or revoked, grant ended, `max_session`); `end_live` tells each channel why on its
-   stderr, closes it, and disconnects a moment later.
+   session record is completed with the bytes each way. Every `check_interval` (at once
+   on a revocation or end-session notification, wakeups.py), `SshEngine.watch_sessions`
+   asks the gate which live sessions must end (token expired or revoked, grant ended,
+   `max_session`); `end_live` tells each channel why on its stderr, closes it, and
+   disconnects a moment later.
 
 Every refusal goes through `_refuse`, the one place that maps an error to its code, banner
 and audit record.
@@ -72,6 +73,7 @@ from lockgate.proxy.ssh_forward import listen_remote, open_local
 from lockgate.proxy.ssh_transport import MAX_PACKET, WINDOW, coalesce_writes
 from lockgate.proxy.ssh_upstream import connect_target, load_credentials
 from lockgate.tasks import spawn
+from lockgate.wakeups import LIVE_SESSIONS
 
 log = logging.getLogger("lockgate.ssh")
 
@@ -186,8 +188,9 @@ class SshEngine:
     async def watch_sessions(self) -> None:
         """End live sessions whose token or grant ended, or that ran too long (each interval)."""
         interval = self.gate.live_sessions.check_interval
+        watch = self.gate.wakeups.watch(*LIVE_SESSIONS)  # at once on a notification
         while True:
-            await asyncio.sleep(interval)
+            await watch.wait(interval)
             live = {
                 server.ctx.session.id: (server, server.ctx.session)
                 for server in list(self.connections)
