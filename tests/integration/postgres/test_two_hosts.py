@@ -1,7 +1,9 @@
 """Two gateway hosts on one PostgreSQL state store behind a real HAProxy, on loopback.
 
 Each gateway has its own state folder and manifest (its own audit chain); they share the
-store and the token signing key, as docs/two-hosts.md describes.
+store and the token signing key, as docs/two-hosts.md describes. Both poll the store only
+every 30 s (live sessions and approvals), and every wait below is bounded well under that:
+what happens in time on the other host was woken by the store's `NOTIFY`.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
+from psycopg import sql
 from tests.conftest import free_port
+from tests.integration.admin.conftest import console_url, wait_for
 from tests.integration.postgres.conftest import (
     RunningGateway,
     base_manifest,
@@ -31,9 +36,20 @@ pytestmark = pytest.mark.pg
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 
 
+POLL = 30  # seconds: both fallback polls, far above every bounded wait below
+BOUND = 100  # tries 0.1 s apart: 10 s at most
+
+
 class TwoHosts:
-    def __init__(self, a: RunningGateway, b: RunningGateway, port: int, store: str) -> None:
-        self.a, self.b, self.port, self.store = a, b, port, store
+    def __init__(
+        self, a: RunningGateway, b: RunningGateway, port: int, store: str, console: str
+    ) -> None:
+        self.a, self.b, self.port, self.store, self.console = a, b, port, store, console
+
+    def admin(self, token: str) -> httpx.Client:
+        """A client of host a's admin API."""
+        headers = {"Authorization": f"Bearer {token}"}
+        return httpx.Client(base_url=self.console, verify=False, headers=headers, timeout=30)
 
     def dsn(self, token: str, port: int | None = None) -> str:
         return (
@@ -89,9 +105,9 @@ def hosts(
                 "url": f"postgresql+psycopg://{user}@{host}:{port}/{store}",
                 "dir": "state",
             }
-            # Polling alone would end a revoked session only after 30 s: the store's
-            # LISTEN/NOTIFY wake-up must do it.
-            manifest["identity"] = {"sessions": {"check_interval": "30s"}}
+            # Polling alone would end a revoked session or release an approved statement
+            # only after 30 s: the store's LISTEN/NOTIFY wake-up must do it.
+            manifest["identity"] = {"sessions": {"check_interval": f"{POLL}s"}}
             manifest["guardrails"] = {
                 "rules": [
                     {"name": "hold-payments", "match": {"writes": ["payments"]}, "action": "review"}
@@ -100,8 +116,15 @@ def hosts(
             manifest["approvals"] = {
                 "rules": [
                     {"name": "payments", "guardrails": ["hold-payments"], "reviewers": ["sre"]}
-                ]
+                ],
+                "poll_interval": POLL,
             }
+            if name == "a":
+                manifest["admin"] = {
+                    "listen": f"127.0.0.1:{free_port()}",
+                    "roles": {"admin": ["secops"]},
+                    "events_interval": POLL,
+                }
             if name == "b":
                 # One token authority for both hosts: B gets A's signing key.
                 key = root / "a" / "state" / "token-signing-key.pem"
@@ -122,7 +145,7 @@ def hosts(
             [HAPROXY, "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
         started.append(proxy)
-        yield TwoHosts(a, b, hport, store)
+        yield TwoHosts(a, b, hport, store, console_url(a))
     finally:
         for p in reversed(started):
             if isinstance(p, RunningGateway):
@@ -176,15 +199,9 @@ def test_revocation_on_one_host_ends_a_live_session_on_the_other(hosts: TwoHosts
         assert conn.execute("select 1").fetchone() == (1,)
         revoked_at = time.monotonic()  # the CLI's own start-up counts too
         hosts.a.cli("token", "revoke", "--subject", "revoked-elsewhere", "--reason", "left")
-        ended = None
-        for _ in range(100):  # 10 s at most, far below the 30 s polling interval
-            try:
-                conn.execute("select 1")
-            except psycopg.Error:
-                ended = time.monotonic() - revoked_at
-                break
-            time.sleep(0.1)
+        ended = _ended_at(conn)
     assert ended is not None, "the live session on host b was not ended by the wake-up"
+    ended -= revoked_at
     print(f"host b ended the revoked session {ended:.2f} s after `token revoke` started on a")
     # New connections through the balancer are refused on either host.
     for _ in range(2):
@@ -192,32 +209,93 @@ def test_revocation_on_one_host_ends_a_live_session_on_the_other(hosts: TwoHosts
             psycopg.connect(hosts.dsn(tok), autocommit=True)
 
 
-def test_approval_on_one_host_releases_a_statement_held_on_the_other(hosts: TwoHosts) -> None:
-    alice = hosts.a.token("alice", ("it",))
-    bob = hosts.a.token("bob", ("sre",))
-    result: dict[str, Any] = {}
-
-    def run() -> None:
-        with _connect(hosts.dsn(alice, hosts.b.port)) as conn:
-            try:
-                conn.execute("INSERT INTO payments VALUES (7, 'two-hosts')")
-                result["done"] = time.monotonic()
-            except psycopg.Error as exc:
-                result["error"] = exc
-
-    client = threading.Thread(target=run, daemon=True)
-    client.start()
-    request = None
-    for _ in range(100):
-        listed = json.loads(hosts.a.cli("reviews", "list", "--json").stdout)
-        request = next((r for r in listed if "two-hosts" in (r["statement"] or "")), None)
-        if request is not None:
-            break
+def _ended_at(conn: psycopg.Connection[Any]) -> float | None:
+    """When the gateway ended `conn`'s session (bounded wait), else None."""
+    for _ in range(BOUND):
+        try:
+            conn.execute("select 1")
+        except psycopg.Error:
+            return time.monotonic()
         time.sleep(0.1)
-    assert request is not None, "host b's approval request is not visible on host a"
+    return None
+
+
+class _Held:
+    """A statement on host b that waits for review, run in a thread."""
+
+    def __init__(self, hosts: TwoHosts, marker: str) -> None:
+        self.result: dict[str, Any] = {}
+        token = hosts.a.token("alice", ("it",))
+        self.thread = threading.Thread(
+            target=self._run, args=(hosts.dsn(token, hosts.b.port), marker), daemon=True
+        )
+        self.thread.start()
+        self.request = wait_for(
+            "host b's approval request on host a", lambda: self._listed(hosts, marker)
+        )
+
+    def _run(self, dsn: str, marker: str) -> None:
+        with _connect(dsn) as conn:
+            try:
+                conn.execute(sql.SQL("INSERT INTO payments VALUES (7, {})").format(marker))
+                self.result["done"] = time.monotonic()
+            except psycopg.Error as exc:
+                self.result["error"] = exc
+
+    @staticmethod
+    def _listed(hosts: TwoHosts, marker: str) -> dict[str, Any] | None:
+        listed = json.loads(hosts.a.cli("reviews", "list", "--json").stdout)
+        return next((r for r in listed if marker in (r["statement"] or "")), None)
+
+    def released(self) -> dict[str, Any]:
+        """The outcome, waiting at most 10 s (a third of the 30 s fallback poll)."""
+        self.thread.join(BOUND * 0.1)
+        assert not self.thread.is_alive(), "host b did not release the statement in time"
+        return self.result
+
+
+def test_approval_on_one_host_releases_a_statement_held_on_the_other(hosts: TwoHosts) -> None:
+    bob = hosts.a.token("bob", ("sre",))
+    held = _Held(hosts, "two-hosts-cli")
     approved_at = time.monotonic()  # the CLI's own start-up counts too
-    hosts.a.cli("reviews", "approve", request["id"], "--reason", "ok", "--token", bob)
-    client.join(30)
-    assert not client.is_alive() and "error" not in result, result
+    hosts.a.cli("reviews", "approve", held.request["id"], "--reason", "ok", "--token", bob)
+    result = held.released()
+    assert "error" not in result, result
     took = result["done"] - approved_at
     print(f"host b ran the statement {took:.2f} s after `reviews approve` started on a")
+
+
+def test_console_denial_on_one_host_refuses_a_statement_held_on_the_other(
+    hosts: TwoHosts,
+) -> None:
+    held = _Held(hosts, "two-hosts-api")
+    with hosts.admin(hosts.a.token("carol", ("sre",))) as api:
+        denied_at = time.monotonic()
+        got = api.post(f"/api/reviews/{held.request['id']}/deny", json={"reason": "not now"})
+    assert got.status_code == 200, got.text
+    result = held.released()
+    assert "not now" in str(result.get("error")), result
+    print(f"host b refused the statement {time.monotonic() - denied_at:.2f} s after the denial")
+
+
+def test_console_end_session_on_one_host_ends_a_live_session_on_the_other(
+    hosts: TwoHosts,
+) -> None:
+    tok = hosts.a.token("ended-elsewhere")
+    with (
+        _connect(hosts.dsn(tok, hosts.b.port)) as conn,
+        hosts.admin(hosts.a.token("root", ("secops",))) as api,
+    ):
+        assert conn.execute("select 1").fetchone() == (1,)
+
+        def live() -> str | None:
+            page = api.get("/api/sessions", params={"subject": "ended-elsewhere"}).json()
+            return next((s["id"] for s in page["items"] if s["live"]), None)
+
+        sid = wait_for("the session on host b in host a's console", live)
+        asked_at = time.monotonic()
+        got = api.post(f"/api/sessions/{sid}/end", json={"reason": "incident"})
+        assert got.status_code == 202, got.text
+        ended = _ended_at(conn)
+    assert ended is not None, "the live session on host b was not ended by the wake-up"
+    print(f"host b ended the session {ended - asked_at:.2f} s after the console asked on a")
