@@ -35,6 +35,10 @@ from typing import Any
 import orjson
 
 _HEAD = struct.Struct("!II")
+# Bound once: the workers encode every record they journal.
+_pack = _HEAD.pack
+_crc32 = zlib.crc32
+_dumps = orjson.dumps
 SUFFIX = ".jnl"
 
 _last_created = 0
@@ -42,11 +46,12 @@ _last_created = 0
 
 def encode(records: list[list[Any]]) -> bytes:
     """Frame records for one append."""
-    out = bytearray()
+    parts: list[bytes] = []
     for rec in records:
-        payload = orjson.dumps(rec, default=str)
-        out += _HEAD.pack(len(payload), zlib.crc32(payload)) + payload
-    return bytes(out)
+        payload = _dumps(rec, default=str)
+        parts.append(_pack(len(payload), _crc32(payload)))
+        parts.append(payload)
+    return b"".join(parts)
 
 
 def decode(data: bytes, start: int = 0) -> tuple[list[list[Any]], int]:
