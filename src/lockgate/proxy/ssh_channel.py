@@ -48,6 +48,7 @@ from lockgate.policy.guardrails import Verdict
 from lockgate.policy.ssh import SshRequest
 from lockgate.proxy import ssh_recording as rec
 from lockgate.proxy.ssh_sftp import SftpGuard
+from lockgate.proxy.ssh_transport import skip_packet_logs
 from lockgate.tasks import spawn
 
 if TYPE_CHECKING:
@@ -153,6 +154,7 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
     # -- asyncssh callbacks ---------------------------------------------------------------
     def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
         self.chan = chan
+        skip_packet_logs(chan)
         self.ctx.channels.add(self)
 
     def pty_requested(
@@ -404,6 +406,7 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
             if self.subsystem == "sftp":
                 self._sftp = SftpGuard(ctx, self._reply_to_client)
         chan, _ = await ctx.upstream.create_session(lambda: _Upstream(self), **kwargs)
+        skip_packet_logs(chan)
         self.up = chan
         if self._sftp is not None:
             self._sftp.send = chan.write

@@ -1,16 +1,33 @@
-"""Fewer, larger socket writes for asyncssh connections on the relay's hot path.
+"""Less work per SSH packet for asyncssh connections on the relay's hot path.
 
 asyncssh writes every SSH packet to its transport on its own, and sends an empty
 `SSH_MSG_IGNORE` packet before each one once encryption is on: relaying one 32 KiB channel
-packet costs two `send()` calls on each side. `coalesce_writes` puts a thin layer between an
-asyncssh connection and its asyncio transport that joins what one turn of the event loop
-writes into a single write at the end of the turn. Order is kept; `close` and `abort`
-write out what is pending first, so a disconnect message (and the stderr line before it
-saying why) is never dropped.
+packet costs two `send()` calls on each side. It keeps what it received in a `bytes`
+object and drops each parsed packet by slicing off the rest, copying everything after the
+packet once per packet: a 256 KiB socket read of eight 32 KiB packets is copied about
+eight times over. Three thin layers cut that down:
 
-It reaches one private attribute of asyncssh's connection (`_transport`, set before the
-connection's owner hears of it); `tests/unit/proxy/test_ssh_transport.py` fails if an
-asyncssh upgrade renames it.
+- `coalesce_writes` puts a layer between an asyncssh connection and its asyncio transport
+  that hands what one turn of the event loop wrote to the transport at the end of the turn,
+  in one `writelines` (one `writev` under uvloop, without joining the buffers). Order is
+  kept; `close` and `abort` write out what is pending first, so a disconnect message (and
+  the stderr line before it saying why) is never dropped.
+- `InputBuffer` (installed by `buffer_input`) stands in for that `bytes` object: slicing off
+  the parsed part moves an offset, and the unparsed rest is moved to the front only when
+  more bytes arrive.
+- `skip_packet_logs` stops asyncssh from formatting a log line for every packet a
+  connection or channel sends or receives, which it does before it checks whether packet
+  logging (`asyncssh.set_debug_level(3)`) is on; with it on, nothing is skipped.
+- `drop_empty_ignores` stops the empty `SSH_MSG_IGNORE` before each packet. It guards
+  CBC-mode ciphers against chosen-plaintext attacks on their predictable IV; the gateway
+  negotiates no CBC cipher on either side (asyncssh's defaults towards clients, AES-GCM,
+  ChaCha20-Poly1305 or AES-CTR towards targets), where it only costs a packet's
+  padding, encryption and MAC, and half the packets on the wire.
+
+They reach into asyncssh's connection: its `_transport` and `_inpbuf` attributes (set
+before the connection's owner hears of it) and its `send_packet` method, which sends the
+empty ignore packet through `self.send_packet`; `tests/unit/proxy/test_ssh_transport.py`
+fails if an asyncssh upgrade changes them.
 """
 
 from __future__ import annotations
@@ -18,8 +35,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-# The asyncssh attribute that holds a connection's transport.
+from asyncssh.logging import SSHLogger
+
+# The asyncssh attributes that hold a connection's transport and its received bytes.
 _ATTRIBUTE = "_transport"
+_INPUT = "_inpbuf"
+# SSH_MSG_IGNORE and the empty string asyncssh sends in it before every packet.
+MSG_IGNORE = 2
+EMPTY_STRING = b"\0\0\0\0"
 
 # Channel windows and packets the gateway offers its peers (asyncssh: 2 MiB and 32 KiB).
 # A window as large as scp's 64 outstanding 32 KiB SFTP writes, and room for several of
@@ -52,7 +75,10 @@ class CoalescingTransport:
         if not pending:
             return
         self._pending = []
-        self._real.write(pending[0] if len(pending) == 1 else b"".join(pending))
+        if len(pending) == 1:
+            self._real.write(pending[0])
+        else:
+            self._real.writelines(pending)
 
     def close(self) -> None:
         self.flush()
@@ -79,3 +105,84 @@ def coalesce_writes(conn: object) -> bool:
         return False
     setattr(conn, _ATTRIBUTE, CoalescingTransport(real, asyncio.get_running_loop()))
     return True
+
+
+def drop_empty_ignores(conn: object) -> bool:
+    """Stop an asyncssh connection's empty ignore packets; False if it sends none this way."""
+    send = getattr(conn, "send_packet", None)
+    if send is None:
+        return False
+
+    def send_packet(pkttype: int, *args: bytes, handler: Any = None) -> None:
+        if pkttype == MSG_IGNORE and args == (EMPTY_STRING,):
+            return
+        send(pkttype, *args, handler=handler)
+
+    setattr(conn, "send_packet", send_packet)  # noqa: B010
+    return True
+
+
+class InputBuffer:
+    """Received bytes not parsed yet, for asyncssh's parser: `buf[n:]` drops n bytes in place.
+
+    Supports what asyncssh does with its `bytes` buffer: `+=`, `len`, truth, `find` and
+    slices. A slice with an end is a `bytes` copy; one without (`buf[n:]`) moves the start
+    and returns the buffer itself, which asyncssh always assigns back to its attribute.
+    """
+
+    __slots__ = ("_buf", "_pos")
+
+    def __init__(self, data: bytes = b"") -> None:
+        self._buf = bytearray(data)
+        self._pos = 0
+
+    def __len__(self) -> int:
+        return len(self._buf) - self._pos
+
+    def __bool__(self) -> bool:
+        return len(self._buf) > self._pos
+
+    def __iadd__(self, data: bytes) -> InputBuffer:
+        if self._pos:
+            # Move the unparsed rest (usually part of one packet) to the front.
+            del self._buf[: self._pos]
+            self._pos = 0
+        self._buf += data
+        return self
+
+    def __getitem__(self, key: slice) -> Any:
+        pos = self._pos
+        start = pos + (key.start or 0)
+        if key.stop is None:
+            self._pos = min(start, len(self._buf))
+            return self
+        with memoryview(self._buf) as view:
+            return bytes(view[start : min(pos + key.stop, len(self._buf))])
+
+    def find(self, sub: bytes, start: int = 0, end: int | None = None) -> int:
+        pos = self._pos
+        found = self._buf.find(sub, pos + start, len(self._buf) if end is None else pos + end)
+        return found - pos if found >= 0 else -1
+
+    def __bytes__(self) -> bytes:
+        return bytes(self._buf[self._pos :])
+
+
+def buffer_input(conn: object) -> bool:
+    """Put an `InputBuffer` in place of an asyncssh connection's received bytes."""
+    current = getattr(conn, _INPUT, None)
+    if not isinstance(current, bytes):
+        return False
+    setattr(conn, _INPUT, InputBuffer(current))
+    return True
+
+
+def _no_log(*_args: object) -> None:
+    return None
+
+
+def skip_packet_logs(obj: object) -> None:
+    """Skip the per-packet log formatting of an asyncssh connection or channel (unless on)."""
+    if SSHLogger._debug_level < 3:  # asyncssh has no public getter
+        setattr(obj, "log_sent_packet", _no_log)  # noqa: B010
+        setattr(obj, "log_received_packet", _no_log)  # noqa: B010

@@ -14,7 +14,14 @@ import asyncssh
 from lockgate.config.model import Manifest
 from lockgate.config.ssh import SshResource
 from lockgate.errors import SecretError, UpstreamError
-from lockgate.proxy.ssh_transport import MAX_PACKET, WINDOW, coalesce_writes
+from lockgate.proxy.ssh_transport import (
+    MAX_PACKET,
+    WINDOW,
+    buffer_input,
+    coalesce_writes,
+    drop_empty_ignores,
+    skip_packet_logs,
+)
 from lockgate.secrets.refs import resolve_secret
 from lockgate.secrets.store import SecretStore
 
@@ -30,6 +37,9 @@ class _PinnedHostKey(asyncssh.SSHClient):
 
     def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
         coalesce_writes(conn)
+        drop_empty_ignores(conn)
+        buffer_input(conn)
+        skip_packet_logs(conn)
 
     def validate_host_public_key(
         self, host: str, addr: str, port: int, key: asyncssh.SSHKey

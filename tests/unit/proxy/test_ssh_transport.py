@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
+import random
 
 import asyncssh
 
-from lockgate.proxy.ssh_transport import CoalescingTransport, coalesce_writes
+from lockgate.proxy.ssh_transport import (
+    CoalescingTransport,
+    InputBuffer,
+    buffer_input,
+    coalesce_writes,
+    drop_empty_ignores,
+    skip_packet_logs,
+)
 
 
 class _Recorder(asyncio.Protocol):
@@ -126,3 +135,135 @@ def test_asyncssh_still_has_the_steps_agent_and_x11_forwarding_replace() -> None
     # Set in __init__; read by create_session to send auth-agent-req@openssh.com.
     source = inspect.getsource(SSHClientConnection.create_session)
     assert f"self.{ssh_agent_x11.AGENT_PATH}" in source
+
+
+async def test_dropping_empty_ignores_halves_the_packets_a_connection_sends() -> None:
+    key = asyncssh.generate_private_key("ssh-ed25519")
+
+    class Server(asyncssh.SSHServer):
+        def begin_auth(self, username: str) -> bool:
+            return False
+
+    async def packets_sent(drop: bool) -> int:
+        class Client(asyncssh.SSHClient):
+            def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
+                if drop:
+                    assert drop_empty_ignores(conn)
+
+        async with asyncssh.connect(
+            "127.0.0.1", port, known_hosts=None, client_factory=Client, username="u"
+        ) as conn:
+            before = getattr(conn, "_send_seq")  # noqa: B009
+            for _ in range(20):
+                await conn.run("x", input="data\n", check=True)
+            return int(getattr(conn, "_send_seq")) - before  # noqa: B009
+
+    server = await asyncssh.create_server(
+        Server, "127.0.0.1", 0, server_host_keys=[key], process_factory=_echo
+    )
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with_ignores = await packets_sent(False)
+        without = await packets_sent(True)
+    finally:
+        server.close()
+        await server.wait_closed()
+    # asyncssh sends an empty SSH_MSG_IGNORE before every packet once encrypted.
+    assert without * 2 == with_ignores
+
+
+def test_the_input_buffer_answers_as_asyncssh_s_bytes_buffer_would() -> None:
+    rng = random.Random(7)
+    mine, theirs = InputBuffer(), b""
+    for _ in range(2000):
+        op = rng.randrange(4)
+        if op == 0:
+            data = rng.randbytes(rng.randrange(0, 300))
+            mine += data
+            theirs += data
+        elif op == 1 and theirs:
+            n = rng.randrange(0, len(theirs) + 5)
+            mine = mine[n:]
+            theirs = theirs[n:]
+        elif op == 2:
+            a = rng.randrange(0, len(theirs) + 3)
+            b = rng.randrange(a, len(theirs) + 6)
+            assert mine[a:b] == theirs[a:b]
+            assert mine[:b] == theirs[:b]
+        else:
+            sub = bytes([rng.randrange(256)])
+            assert mine.find(sub, 0, 50) == theirs.find(sub, 0, 50)
+        assert len(mine) == len(theirs)
+        assert bool(mine) == bool(theirs)
+        assert bytes(mine) == theirs
+
+
+async def test_a_tuned_asyncssh_connection_carries_megabytes_intact() -> None:
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    tuned: list[bool] = []
+
+    def tune(conn: object) -> None:
+        tuned.extend([coalesce_writes(conn), drop_empty_ignores(conn), buffer_input(conn)])
+        skip_packet_logs(conn)
+
+    class Server(asyncssh.SSHServer):
+        def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+            tune(conn)
+
+        def begin_auth(self, username: str) -> bool:
+            return False
+
+    class Client(asyncssh.SSHClient):
+        def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
+            tune(conn)
+
+    async def echo_bytes(process: asyncssh.SSHServerProcess[bytes]) -> None:
+        data = await process.stdin.read()
+        process.stdout.write(hashlib.sha256(data).digest() + data[::-1])
+        process.exit(0)
+
+    server = await asyncssh.create_server(
+        Server,
+        "127.0.0.1",
+        0,
+        server_host_keys=[key],
+        process_factory=echo_bytes,
+        encoding=None,
+        window=8 << 20,
+        max_pktsize=128 << 10,
+    )
+    port = server.sockets[0].getsockname()[1]
+    payload = random.Random(3).randbytes(6 << 20)
+    try:
+        async with asyncssh.connect(
+            "127.0.0.1", port, known_hosts=None, client_factory=Client, username="u"
+        ) as conn:
+            done = await conn.run("x", input=payload, encoding=None, check=True)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert tuned == [True] * 6
+    assert done.stdout == hashlib.sha256(payload).digest() + payload[::-1]
+
+
+def test_packet_logs_are_skipped_only_while_asyncssh_packet_logging_is_off() -> None:
+    from asyncssh.logging import SSHLogger
+    from asyncssh.packet import SSHPacketLogger
+
+    # The methods asyncssh calls for every packet, on connections and channels alike.
+    for name in ("log_sent_packet", "log_received_packet"):
+        assert callable(getattr(SSHPacketLogger, name, None)), name
+
+    class Target:
+        pass
+
+    quiet, loud = Target(), Target()
+    skip_packet_logs(quiet)
+    assert hasattr(quiet, "log_sent_packet") and hasattr(quiet, "log_received_packet")
+    level = SSHLogger._debug_level
+    asyncssh.set_debug_level(3)
+    try:
+        skip_packet_logs(loud)
+    finally:
+        asyncssh.set_debug_level(level)
+    assert not hasattr(loud, "log_sent_packet")
