@@ -177,6 +177,7 @@ def test_a_denied_line_is_cleared_and_the_shell_goes_on(
     )
     term.expect(b"lockgate: not run: rule 'hold-deploys' holds for review")
     term.expect(b"denied by root: not now")
+    term.expect(b"^C")  # the shell's terminal echoes the Ctrl-C that cleared the line
     _carries_on(term)
     assert not marker.exists()
     record = _line_record(reviewed, "typist-denied")
@@ -189,6 +190,7 @@ def test_ctrl_c_withdraws_a_held_line(reviewed: SshGateway, tmp_path: Path) -> N
     term, req = _held_at_the_prompt(reviewed, "typist-quits", line)
     term.type("dropped-keys\x03")
     term.expect(b"withdrawn at the prompt with Ctrl-C")
+    term.expect(b"^C")
     _carries_on(term)
     assert not marker.exists()
     rows = json.loads(reviewed.cli("reviews", "list", "--all", "--json").stdout)
