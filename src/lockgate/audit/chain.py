@@ -36,7 +36,7 @@ import operator
 import os
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -187,14 +187,14 @@ class EventLayout:
         at = {name: i for i, name in enumerate(columns)}
         names = EVENT_FIELDS[kind]
         self._kind = kind
-        self._fields = operator.itemgetter(*(at[name] for name in names))
+        self._fields = _getter([at[name] for name in names])
         # Positions in the encoded list (after the kind) of the values to convert.
         self._conversions = tuple(
             (i + 1, conv) for i, (_name, conv) in enumerate(_CONVERTERS[kind]) if conv is not None
         )
         optional = OPTIONAL_FIELDS.get(kind, ())
         self._optional = (
-            operator.itemgetter(*(at[name] for name in optional))
+            _getter([at[name] for name in optional])
             if optional and all(name in at for name in optional)
             else None
         )
@@ -221,6 +221,14 @@ class EventLayout:
         if masked is not None and row[masked[0]] is not None:
             values.append(["masked", row[masked[0]], masked_pairs(row[masked[1]])])
         return hashlib.sha256(orjson.dumps(values)).digest()
+
+
+def _getter(positions: list[int]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
+    """The values at `positions` of a row, always as a tuple (itemgetter of one is not)."""
+    if len(positions) == 1:
+        (only,) = positions
+        return lambda row: (row[only],)
+    return operator.itemgetter(*positions)
 
 
 def masked_pairs(value: Any) -> list[list[Any]]:
