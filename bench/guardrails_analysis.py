@@ -3,7 +3,7 @@
     .venv/bin/python bench/guardrails_analysis.py [-n 20000]
 
 Prints microseconds per statement for: a cold analysis (parse + walk, every text new), a
-fingerprint-cache hit (same shape, new constants), an exact-text hit, and the judgement
+shape-cache hit (same text but for constants), an exact-text hit, and the judgement
 of the `protect-production` rule set on an analysed statement.
 """
 

@@ -34,6 +34,9 @@ FORMAT = "pgwire"
 _T, _D = b"T"[0], b"D"[0]
 _LEN = Struct("!I")
 _SECRETS = det.resolve(["secrets"])
+# No secret detector matches fewer characters (a JWT needs "eyJ" + 4, ".", "eyJ" + 4, ".";
+# an AWS key 20; a private key block far more): shorter values are not scanned.
+_SHORTEST_SECRET = 16
 
 
 @dataclass(slots=True)
@@ -183,7 +186,7 @@ def scrub_params(
     changed = False
     for p in params:
         if p is not None:
-            q = _scrub_secrets(p)
+            q = _scrub_secrets(p) if len(p) >= _SHORTEST_SECRET else p
             if scrub is not None:
                 q = scrub(q)[0]
             if q != p:

@@ -380,24 +380,24 @@ class PgRelay:
                 if off > run_start:
                     out.append((mv[run_start:off], None))
                 run_start = end
-                payload = bytes(buf[off + 5 : end])
+                portal = ""
+                params = None
                 if t == _Q:
-                    text, params = m.parse_query(payload), None
+                    text = m.message_cstring(buf, off + 5, end)
                 elif t == _F:
                     # The fastpath function call (libpq's large-object calls): a command too.
-                    oid = int.from_bytes(payload[:4], "big") if len(payload) >= 4 else 0
-                    text, params = f"-- fastpath function call (function oid {oid})", None
+                    oid = int.from_bytes(buf[off + 5 : off + 9], "big") if end - off >= 9 else 0
+                    text = f"-- fastpath function call (function oid {oid})"
                 else:
-                    portal = m.parse_execute(payload)[0]
+                    portal = m.parse_execute(bytes(buf[off + 5 : end]))[0]
                     text, params = self._portals.get(portal, ("", None))
                     text = text or f"-- execute of unknown portal '{portal}'"
                 op = _Op(t, started=now)
-                if self._masker is not None and t != _F:
-                    portal = m.parse_execute(payload)[0] if t == _E else ""
-                    op.mask = self._masker.command(t, text, portal)
-                if self._capture is not None and t != _F:
-                    portal = m.parse_execute(payload)[0] if t == _E else ""
-                    op.capture = self._capture.statement(t, portal)
+                if t != _F:
+                    if self._masker is not None:
+                        op.mask = self._masker.command(t, text, portal)
+                    if self._capture is not None:
+                        op.capture = self._capture.statement(t, portal)
                 adm = self._admit(text, params, op, opaque=t == _F)
                 if isinstance(adm, HeldForReview | NeedsEstimate):
                     # Stop here: this message and the rest of the chunk wait (estimate, review).
@@ -656,7 +656,7 @@ class PgRelay:
                         write(buf[flushed:off])
                     write(head.local)
                     flushed = end
-                tag = m.read_cstring(bytes(buf[off + 5 : end]), 0)[0]
+                tag = m.message_cstring(buf, off + 5, end)
                 rows = m.command_tag_rows(tag)
                 if cap is not None:
                     cap.completed(head.capture, buf[off:end], rows)

@@ -15,34 +15,35 @@ Kinds and written relations count only where something executes; function calls 
 flags they raise count everywhere (conservative: a view or function body runs later).
 
 Caching. Parsing costs tens of microseconds, so results are cached twice: by exact text,
-and by the statement's *fingerprint* (libpg_query's hash of the parse tree without
-constant values, ~3 µs), so `… WHERE aid = 1` and `… WHERE aid = 2` share one analysis.
-A fact may be served by fingerprint only if it cannot depend on what the fingerprint
-leaves out. The walk sets `text_dependent` where it reads such a part:
-- a constant's value: two constants compared or a constant in a boolean position in an
-  UPDATE/DELETE's WHERE (`1=1`, `'a'='a'`, `true`), a SET/BEGIN/SET TRANSACTION/EXPLAIN
-  option value, the arguments of `set_config(...)`;
-- a DO block or function body, and its language (the fingerprint ignores both);
+and by the statement's *shape*: the text with its constants replaced by `$1`, `$2`, …
+(libpg_query's `normalize`, the form `pg_stat_statements` shows; a few microseconds), so
+`… WHERE aid = 1` and `… WHERE aid = 2` share one analysis. Everything but constants stays
+in the shape as written (identifiers with their schemas, keywords, comments), so two texts
+share one only when they differ in constants alone. A fact may be served by shape only if
+it cannot depend on a constant's value. The walk sets `text_dependent` where it reads one:
+- two constants compared or a constant in a boolean position in an UPDATE/DELETE's WHERE
+  (`1=1`, `'a'='a'`, `true`), a SET/BEGIN/SET TRANSACTION/EXPLAIN option value, the
+  arguments of `set_config(...)`;
+- a DO block or function body, and its language (`normalize` replaces both);
 Whether the walk reads such a part depends only on the tree's shape, never on the values,
-so every text with one fingerprint agrees; an analysis with any text-dependent statement
-is cached by exact text only. One more part is left out that the walk cannot flag this
-way: the schema of a DML relation (`DELETE FROM a.t`, `DELETE FROM b.t` and
-`DELETE FROM t` share one fingerprint). A qualified name needs a `.` in the text, so a
-text holding a `.` is never served from, nor stored in, the fingerprint cache. (Measured
-against libpg_query's fingerprint in `tests/unit/sql/test_analyze.py::test_fingerprint_*`.)
+so every text with one shape agrees; an analysis with any text-dependent statement is
+cached by exact text only. A text holding a `$` is never served from, nor stored in, the
+shape cache: `normalize` numbers constants after the parameters already there, so
+`… WHERE $1 = $2` (parameters) and `… WHERE 1 = 1` (constants) would share a shape.
+(Pairs that must be told apart: `tests/unit/sql/test_analyze.py::test_shape_twins_*`.)
 """
 
 from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pglast
 from pglast import ast
 from pglast.enums import ObjectType, VariableSetKind
-from pglast.parser import ParseError, fingerprint, parse_plpgsql_json
+from pglast.parser import ParseError, normalize, parse_plpgsql_json
 
 from lockgate.sql import catalog as fn
 from lockgate.sql.catalog import (
@@ -146,23 +147,24 @@ class StatementFacts:
 
 @dataclass(frozen=True, slots=True)
 class Analysis:
+    """Facts of one command string. Cached and shared: the summaries are computed once."""
+
     statements: tuple[StatementFacts, ...]
     error: str | None = None
+    # The statement kinds joined with ';' ("unparsed", "empty"), and the relations named.
+    kind: str = field(init=False, compare=False)
+    tables: tuple[str, ...] = field(init=False, compare=False)
+    text_dependent: bool = field(init=False, compare=False)
 
-    @property
-    def kind(self) -> str:
-        """The statement kinds, joined with ';' for multi-statement strings."""
+    def __post_init__(self) -> None:
+        stmts = self.statements
         if self.error is not None:
-            return "unparsed"
-        return ";".join(s.kind for s in self.statements) or "empty"
-
-    @property
-    def tables(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(t for s in self.statements for t in s.tables))
-
-    @property
-    def text_dependent(self) -> bool:
-        return any(s.text_dependent for s in self.statements)
+            kind = "unparsed"
+        else:
+            kind = ";".join(s.kind for s in stmts) or "empty"
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "tables", tuple(dict.fromkeys(t for s in stmts for t in s.tables)))
+        object.__setattr__(self, "text_dependent", any(s.text_dependent for s in stmts))
 
 
 def _kind(node: ast.Node) -> str:
@@ -531,12 +533,12 @@ class Analyzer:
         hit = self._by_text.get(sql)
         if hit is not None:
             return hit
-        if "." in sql:
+        if "$" in sql:
             result = self._parse(sql)
             self._remember(self._by_text, sql, result)
             return result
         try:
-            shape = fingerprint(sql)
+            shape = normalize(sql)
         except ParseError as exc:
             result = Analysis((), error=str(exc))
             self._remember(self._by_text, sql, result)

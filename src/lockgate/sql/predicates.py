@@ -2,7 +2,7 @@
 
 `always_true(where)` says whether an UPDATE/DELETE's predicate holds on every row
 (`1=1`, `'a'='a'`, `true`, `NOT false`, `1=1 OR x`, `x = x`, a bare parameter), and whether
-the answer read a constant's value: then it cannot be cached by the statement's fingerprint.
+the answer read a constant's value: then it cannot be cached by the statement's shape.
 That depends only on the tree's shape (two constants compared, a constant where a boolean
 goes), never on the values themselves.
 """

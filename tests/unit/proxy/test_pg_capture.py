@@ -6,7 +6,7 @@ from tests.unit.protocols.postgres.test_results import complete, data_row, row_d
 
 from lockgate.config.model import ResultCapture
 from lockgate.protocols.postgres.results import decode
-from lockgate.proxy.pg_capture import SessionCapture, scrub_params
+from lockgate.proxy.pg_capture import _SECRETS, _SHORTEST_SECRET, SessionCapture, scrub_params
 
 Q, E = ord("Q"), ord("E")
 
@@ -99,3 +99,20 @@ def test_params_scrubbed_of_secrets_and_by_masking() -> None:
     )
     same = ("x", "y")
     assert scrub_params(same, None) is same
+
+
+
+def test_values_shorter_than_any_secret_are_not_scanned_safely() -> None:
+    # The premise of skipping short bind values: no secret pattern matches fewer characters.
+    from re import _parser  # type: ignore[attr-defined]
+
+    for detector in _SECRETS:
+        shortest = _parser.parse(detector.pattern.pattern, detector.pattern.flags).getwidth()[0]
+        assert shortest >= _SHORTEST_SECRET, detector.name
+
+
+def test_unsigned_jwt_is_still_scrubbed() -> None:
+    # A JWT with an empty signature part: the shape the detector accepts with the least.
+    jwt = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0."
+    got = scrub_params((jwt,), None)
+    assert got is not None and jwt not in str(got)

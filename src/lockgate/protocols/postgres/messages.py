@@ -289,9 +289,20 @@ def read_cstring(payload: bytes | memoryview, pos: int) -> tuple[str, int]:
         raise ProtocolViolation("string in message is not valid UTF-8") from exc
 
 
+def message_cstring(buf: bytes | bytearray, start: int, end: int) -> str:
+    """The null-terminated UTF-8 string at `buf[start:end]` (a message body), unsliced."""
+    nul = buf.find(b"\x00", start, end)
+    if nul < 0:
+        raise ProtocolViolation("unterminated string in message")
+    try:
+        return buf[start:nul].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolViolation("string in message is not valid UTF-8") from exc
+
+
 def parse_query(payload: bytes) -> str:
     """SQL text of a Query ('Q') message."""
-    return read_cstring(payload, 0)[0]
+    return message_cstring(payload, 0, len(payload))
 
 
 @dataclass(frozen=True, slots=True)
