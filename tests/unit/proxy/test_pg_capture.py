@@ -101,7 +101,6 @@ def test_params_scrubbed_of_secrets_and_by_masking() -> None:
     assert scrub_params(same, None) is same
 
 
-
 def test_values_shorter_than_any_secret_are_not_scanned_safely() -> None:
     # The premise of skipping short bind values: no secret pattern matches fewer characters.
     from re import _parser  # type: ignore[attr-defined]
