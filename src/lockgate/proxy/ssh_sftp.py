@@ -34,7 +34,7 @@ from lockgate.errors import AuditUnavailable
 from lockgate.model import ResultSummary
 from lockgate.policy.ssh import SshRequest
 from lockgate.protocols.ssh import sftp as p
-from lockgate.proxy.ssh_recording import OrderedFeed, after_pending
+from lockgate.proxy.ssh_recording import OrderedFeed, after_pending, joined
 
 if TYPE_CHECKING:
     from lockgate.proxy.ssh_channel import SshContext
@@ -91,8 +91,7 @@ class _File:
         sha = self.sha
 
         def consume(batch: list[bytes]) -> None:
-            for data in batch:
-                sha.update(data)
+            sha.update(joined(batch))
 
         self.feed = OrderedFeed(consume)
 
