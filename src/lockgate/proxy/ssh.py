@@ -70,14 +70,7 @@ from lockgate.proxy.ssh_agent_x11 import DISPLAY as X11_DISPLAY
 from lockgate.proxy.ssh_agent_x11 import allow_agent, allow_x11, install
 from lockgate.proxy.ssh_channel import ChannelRelay, SshContext
 from lockgate.proxy.ssh_forward import listen_remote, open_local
-from lockgate.proxy.ssh_transport import (
-    MAX_PACKET,
-    WINDOW,
-    buffer_input,
-    coalesce_writes,
-    drop_empty_ignores,
-    skip_packet_logs,
-)
+from lockgate.proxy.ssh_transport import MAX_PACKET, WINDOW, tune_connection
 from lockgate.proxy.ssh_upstream import connect_target, load_credentials
 from lockgate.tasks import spawn
 from lockgate.wakeups import LIVE_SESSIONS
@@ -246,10 +239,7 @@ class _GatewayServer(asyncssh.SSHServer):
     # -- connection -------------------------------------------------------------------------
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
-        coalesce_writes(conn)
-        drop_empty_ignores(conn)
-        buffer_input(conn)
-        skip_packet_logs(conn)
+        tune_connection(conn)
         self.engine.connections.add(self)
         peer = conn.get_extra_info("peername")
         address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")

@@ -186,3 +186,11 @@ def skip_packet_logs(obj: object) -> None:
     if SSHLogger._debug_level < 3:  # asyncssh has no public getter
         setattr(obj, "log_sent_packet", _no_log)  # noqa: B010
         setattr(obj, "log_received_packet", _no_log)  # noqa: B010
+
+
+def tune_connection(conn: object) -> None:
+    """All of the above for a new asyncssh connection (from its owner's `connection_made`)."""
+    coalesce_writes(conn)
+    drop_empty_ignores(conn)
+    buffer_input(conn)
+    skip_packet_logs(conn)

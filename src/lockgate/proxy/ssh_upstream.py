@@ -14,14 +14,7 @@ import asyncssh
 from lockgate.config.model import Manifest
 from lockgate.config.ssh import SshResource
 from lockgate.errors import SecretError, UpstreamError
-from lockgate.proxy.ssh_transport import (
-    MAX_PACKET,
-    WINDOW,
-    buffer_input,
-    coalesce_writes,
-    drop_empty_ignores,
-    skip_packet_logs,
-)
+from lockgate.proxy.ssh_transport import MAX_PACKET, WINDOW, tune_connection
 from lockgate.secrets.refs import resolve_secret
 from lockgate.secrets.store import SecretStore
 
@@ -36,10 +29,7 @@ class _PinnedHostKey(asyncssh.SSHClient):
         self.seen: str | None = None
 
     def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
-        coalesce_writes(conn)
-        drop_empty_ignores(conn)
-        buffer_input(conn)
-        skip_packet_logs(conn)
+        tune_connection(conn)
 
     def validate_host_public_key(
         self, host: str, addr: str, port: int, key: asyncssh.SSHKey
