@@ -31,12 +31,21 @@ def reviewed(tmp_path_factory: pytest.TempPathFactory, sshd: Target) -> Iterator
     rules = [
         {"name": "hold-deploys", "action": "review", "commands": ["printf deploy-*"]},
         {"name": "hold-unreviewed", "action": "review", "commands": ["printf nobody-*"]},
+        {"name": "hold-briefly", "action": "review", "commands": ["printf brief-*"]},
         {"name": "no-reboot", "commands": ["reboot"]},
     ]
     manifest = ssh_manifest(free_port(), sshd, rules=rules)
     manifest["approvals"] = {
         "poll_interval": 0.2,
-        "rules": [{"name": "deploys", "guardrails": ["hold-deploys"], "reviewers": ["sre"]}],
+        "rules": [
+            {"name": "deploys", "guardrails": ["hold-deploys"], "reviewers": ["sre"]},
+            {
+                "name": "brief",
+                "guardrails": ["hold-briefly"],
+                "reviewers": ["sre"],
+                "expires": "3s",
+            },
+        ],
     }
     gw = start_ssh_gateway(tmp_path_factory.mktemp("ssh-review"), manifest, sshd)
     yield gw
@@ -112,14 +121,20 @@ def test_closing_the_client_withdraws_the_request(reviewed: SshGateway) -> None:
     assert (cmd["decision"], cmd["status"]) == ("deny", "review withdrawn")
 
 
-def _held_at_the_prompt(gw: SshGateway, user: str, line: str) -> tuple[Terminal, dict[str, Any]]:
-    """A shell where `line` was typed and is now held; and its approval request."""
+def _typed_and_held(gw: SshGateway, user: str, line: str, rule: str) -> Terminal:
+    """A shell where `line` was typed and is now held by `rule`."""
     term = Terminal(gw, gw.token(user))
     term.wait_first_output()
     term.type("echo ready-$((1+1))\r")
     term.expect(b"ready-2\r\n")
     term.type(line + "\r")
-    term.expect(b"held for review (rule: hold-deploys); waiting for approval request ")
+    term.expect(f"held for review (rule: {rule}); waiting for approval request ".encode())
+    return term
+
+
+def _held_at_the_prompt(gw: SshGateway, user: str, line: str) -> tuple[Terminal, dict[str, Any]]:
+    """A shell where `line` was typed and is now held; and its approval request."""
+    term = _typed_and_held(gw, user, line, "hold-deploys")
     req = _pending(gw, line)
     term.expect(f"lockgate reviews approve {req['id']} --reason TEXT".encode())
     term.expect(b"Ctrl-C withdraws it")
@@ -197,3 +212,18 @@ def test_ctrl_c_withdraws_a_held_line(reviewed: SshGateway, tmp_path: Path) -> N
     assert next(r["status"] for r in rows if r["id"] == req["id"]) == "withdrawn"
     record = _line_record(reviewed, "typist-quits")
     assert (record["decision"], record["status"]) == ("deny", "review withdrawn")
+
+
+def test_a_held_line_nobody_decides_expires_and_is_cleared(
+    reviewed: SshGateway, tmp_path: Path
+) -> None:
+    marker = tmp_path / "ran"
+    line = f"printf brief-moment > {marker}"
+    term = _typed_and_held(reviewed, "typist-waits", line, "hold-briefly")
+    term.expect(b"lockgate: not run: rule 'hold-briefly' holds for review", timeout=60)
+    term.expect(b" expired")
+    term.expect(b"^C")
+    _carries_on(term)
+    assert not marker.exists()
+    record = _line_record(reviewed, "typist-waits")
+    assert (record["decision"], record["status"]) == ("deny", "review expired")
