@@ -18,8 +18,12 @@ Two paths carry a notification:
 - The same process (any store, SQLite too): `notify` marks the connection, and when it goes
   back to the pool, after its commit, the process's own `Wakeups` on that engine are woken
   (thread-safe: the change may be written from a worker thread). An admin-console decision
-  in worker 0 thus reaches worker 0's broker without waiting for a poll. A rolled-back
-  change wakes the loops for nothing: they find nothing new, which costs one query.
+  in worker 0 thus reaches worker 0's broker without waiting for a poll.
+- Other processes on a SQLite file store (the workers, the CLI): each `Wakeups` binds a
+  unix datagram socket in a folder next to the database file (`lockgate.db.wake/`), and the
+  same check-in hook sends the channel names to every socket there but its own. A socket
+  nobody reads any more (a killed process) is removed by the first sender it refuses.
+A rolled-back change wakes the loops for nothing: they find nothing new, one query.
 """
 
 from __future__ import annotations
@@ -27,9 +31,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
+import socket
 import threading
 import weakref
 from collections.abc import Collection
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, text
@@ -55,15 +63,24 @@ def notify(conn: Any, channel: str) -> None:
     """Wake `channel`'s loops, on every host and in this process, when `conn` commits."""
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": channel})
+    _hooked(conn.engine)
+    conn.info.setdefault(_PENDING, set()).add(channel)
+
+
+def _hooked(engine: Engine) -> weakref.WeakSet[Wakeups]:
+    """This process's `Wakeups` on `engine`, its check-in hook installed on first use."""
     with _local_lock:
-        local = conn.engine in _local
-    if local:
-        conn.info.setdefault(_PENDING, set()).add(channel)
+        found = _local.get(engine)
+        if found is None:
+            found = _local[engine] = weakref.WeakSet()
+            event.listen(engine, "checkin", _wake_on_checkin(engine))
+        return found
 
 
 def _wake_on_checkin(engine: Engine) -> Any:
     """The pool check-in hook (after the commit or rollback) that wakes `engine`'s loops."""
     ref = weakref.ref(engine)
+    peers = _peer_folder(engine)
 
     def checked_in(dbapi_connection: Any, record: Any) -> None:
         channels = record.info.pop(_PENDING, None)
@@ -74,8 +91,40 @@ def _wake_on_checkin(engine: Engine) -> Any:
             targets = list(_local.get(found, ()))
         for wakeups in targets:
             wakeups.wake_threadsafe(channels)
+        if peers is not None:
+            _tell_peers(peers, channels, {w.peer_path for w in targets})
 
     return checked_in
+
+
+def _peer_folder(engine: Engine) -> Path | None:
+    """Where processes sharing a SQLite file store bind their wake-up sockets."""
+    db = engine.url.database
+    if engine.dialect.name != "sqlite" or not db or db == ":memory:" or db.startswith("file:"):
+        return None
+    path = Path(db)
+    return path.parent / f"{path.name}.wake"
+
+
+def _tell_peers(folder: Path, channels: Collection[str], skip: set[str | None]) -> None:
+    """Send `channels` to every other process's socket in `folder` (never blocks)."""
+    try:
+        paths = [e.path for e in os.scandir(folder) if e.name.endswith(".sock")]
+    except OSError:
+        return  # no process listens yet
+    data = "\n".join(sorted(channels)).encode()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+        sender.setblocking(False)
+        for path in paths:
+            if path in skip:
+                continue
+            try:
+                sender.sendto(data, path)
+            except ConnectionRefusedError:  # nobody reads it: its process is gone
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            except OSError:  # a full queue (it has wake-ups to read anyway), gone meanwhile
+                pass
 
 
 class Watch:
@@ -117,11 +166,12 @@ class Wakeups:
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.listening = asyncio.Event()
+        self._peers = _peer_folder(engine)
+        self._peer: socket.socket | None = None
+        self.peer_path: str | None = None  # this process's socket among `_peers`
+        found = _hooked(engine)
         with _local_lock:
-            if engine not in _local:
-                _local[engine] = weakref.WeakSet()
-                event.listen(engine, "checkin", _wake_on_checkin(engine))
-            _local[engine].add(self)
+            found.add(self)
 
     @property
     def enabled(self) -> bool:
@@ -133,6 +183,7 @@ class Wakeups:
         self._loop = asyncio.get_running_loop()
         found = Watch(self, channels)
         self._watches.add(found)
+        self.start()  # from now on, a change anywhere wakes it
         return found
 
     def unwatch(self, watch: Watch) -> None:
@@ -154,6 +205,8 @@ class Wakeups:
     def start(self) -> None:
         if self._dsn is not None and self._task is None:
             self._task = spawn(self._listen(self._dsn), name="store-wakeups")
+        if self._peers is not None and self._peer is None:
+            self._bind_peer(self._peers)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -161,6 +214,41 @@ class Wakeups:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._peer is not None and self._loop is not None:
+            self._loop.remove_reader(self._peer.fileno())
+            self._peer.close()
+            self._peer = None
+            with contextlib.suppress(OSError):
+                os.unlink(self.peer_path or "")
+
+    def _bind_peer(self, folder: Path) -> None:
+        """Bind this process's socket for other processes' changes to a SQLite store."""
+        self._loop = loop = asyncio.get_running_loop()
+        path = folder / f"{os.getpid()}-{secrets.token_hex(4)}.sock"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            if len(os.fsencode(path)) > 100:  # sun_path holds 104 to 108 bytes
+                raise OSError(f"the path {path} is too long for a unix socket")
+            folder.mkdir(mode=0o700, exist_ok=True)
+            sock.setblocking(False)
+            sock.bind(str(path))
+        except OSError as exc:
+            sock.close()
+            self._peers = None  # once: the fallback poll is correct, only slower
+            log.warning("same-host wake-ups unavailable (%s); polling only", exc)
+            return
+        self._peer, self.peer_path = sock, str(path)
+        loop.add_reader(sock.fileno(), self._on_peer, sock)
+
+    def _on_peer(self, sock: socket.socket) -> None:
+        channels: set[str] = set()
+        while True:
+            try:
+                data = sock.recv(512)
+            except OSError:  # drained (BlockingIOError) or closed
+                break
+            channels.update(data.decode("ascii", "replace").split("\n"))
+        self.wake(channels)
 
     async def _listen(self, dsn: str) -> None:
         import psycopg

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,11 +78,13 @@ async def test_a_decision_in_this_process_wakes_the_broker_at_once(sqlite: Engin
     assert broker.waiting == 0
 
 
-async def test_a_decision_through_another_engine_waits_for_the_poll(sqlite: Engine) -> None:
-    """Without a shared listener (another process on SQLite) nothing wakes: polling does."""
+async def test_a_decision_in_another_process_on_sqlite_wakes_the_broker(sqlite: Engine) -> None:
+    """Another engine on the same file stands for another process (a worker, the CLI)."""
     store = ApprovalStore(sqlite)
-    broker = ApprovalBroker(store, 0.05, wakeups=Wakeups(sqlite))
+    wakeups = Wakeups(sqlite)
+    broker = ApprovalBroker(store, FALLBACK, wakeups=wakeups)
     req_id, waiting = await _held(broker, store)
+    assert wakeups.peer_path is not None and Path(wakeups.peer_path).exists()
     other = open_engine(str(sqlite.url))
     try:
         await asyncio.to_thread(ApprovalStore(other).decide, req_id, BOB, "deny", "no")
@@ -89,6 +92,33 @@ async def test_a_decision_through_another_engine_waits_for_the_poll(sqlite: Engi
         other.dispose()
     outcome = await asyncio.wait_for(waiting, BOUND)
     assert outcome.status == "denied"
+    await wakeups.close()
+    assert not Path(wakeups.peer_path).exists()
+
+
+async def test_a_change_nobody_notified_is_found_by_the_poll(sqlite: Engine) -> None:
+    """An older version's decision (no notification): the fallback poll still sees it."""
+    store = ApprovalStore(sqlite)
+    broker = ApprovalBroker(store, 0.05, wakeups=Wakeups(sqlite))
+    req_id, waiting = await _held(broker, store)
+    with sqlite.begin() as conn:
+        conn.execute(
+            text("UPDATE approval_requests SET status = 'denied', outcome = 'old' WHERE id = :i"),
+            {"i": req_id},
+        )
+    outcome = await asyncio.wait_for(waiting, BOUND)
+    assert outcome.status == "denied" and outcome.reason == "old"
+
+
+async def test_the_socket_of_a_gone_process_is_removed(sqlite: Engine, tmp_path: Path) -> None:
+    folder = tmp_path / "state.db.wake"
+    folder.mkdir()
+    gone = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    gone.bind(str(folder / "1-dead.sock"))
+    gone.close()  # its process was killed: the file stays, nobody reads it
+    with sqlite.begin() as conn:
+        notify(conn, APPROVALS)
+    assert not (folder / "1-dead.sock").exists()
 
 
 async def test_a_watch_keeps_a_notification_that_came_while_it_was_busy(sqlite: Engine) -> None:

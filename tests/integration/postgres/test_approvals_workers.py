@@ -1,14 +1,16 @@
 """Held statements with two gateway worker processes sharing the state store.
 
-Each worker polls the store for the requests it holds, so a decision taken by the CLI (a
-third process) must reach whichever worker holds the client, and stopping the gateway
-must withdraw the requests of every worker. The worker serving a session is read from
+A decision taken by the CLI (a third process) must reach whichever worker holds the
+client: at once through the same-host wake-up sockets of the SQLite store (wakeups.py),
+proven with a 30 s fallback poll and a 10 s bound, and by polling alone too. Stopping the
+gateway must withdraw the requests of every worker. The worker serving a session is read from
 the cancel key the gateway gives the client: its top bits name the worker.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -29,7 +31,10 @@ pytestmark = pytest.mark.pg
 
 @pytest.fixture
 def gw(
-    tmp_path_factory: pytest.TempPathFactory, pg_server: tuple[str, int, str], it_database: str
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    pg_server: tuple[str, int, str],
+    it_database: str,
 ) -> Iterator[RunningGateway]:
     host, port, user = pg_server
     with psycopg.connect(host=host, port=port, user=user, dbname=it_database, autocommit=True) as c:
@@ -40,7 +45,7 @@ def gw(
         "rules": [{"name": "hold-payments", "match": {"writes": ["payments"]}, "action": "review"}]
     }
     manifest["approvals"] = {
-        "poll_interval": 0.2,
+        "poll_interval": getattr(request, "param", 0.2),
         "rules": [{"name": "payments", "reviewers": ["sre"]}],
     }
     gateway = start_gateway(tmp_path_factory.mktemp("workers"), manifest)
@@ -103,26 +108,29 @@ def _count(pg: tuple[str, int, str], database: str, note: str) -> int:
     return int(row[0])
 
 
+@pytest.mark.parametrize("gw", [0.2, 30], indirect=True, ids=["polled", "woken"])
 def test_decisions_reach_the_worker_holding_the_client(
     gw: RunningGateway, pg_server: tuple[str, int, str], it_database: str
 ) -> None:
     first, second = _one_per_worker(gw)
-    a = _Held(first, "INSERT INTO payments VALUES (1, 'w0-approved')")
-    b = _Held(second, "INSERT INTO payments VALUES (2, 'w1-denied')")
+    approved, denied = (f"{n}-{secrets.token_hex(3)}" for n in ("w0-approved", "w1-denied"))
+    a = _Held(first, f"INSERT INTO payments VALUES (1, '{approved}')")
+    b = _Held(second, f"INSERT INTO payments VALUES (2, '{denied}')")
     a.start()
     b.start()
-    ra, rb = _pending(gw, "w0-approved"), _pending(gw, "w1-denied")
+    ra, rb = _pending(gw, approved), _pending(gw, denied)
     gw.cli("reviews", "deny", rb["id"], "--reason", "no", "--as", "root", "--group", "sre")
     gw.cli("reviews", "approve", ra["id"], "--reason", "ok", "--as", "root", "--group", "sre")
-    a.join(30)
-    b.join(30)
+    a.join(10)  # a third of the 30 s poll: with it, only the wake-up releases them in time
+    b.join(10)
+    assert not a.is_alive() and not b.is_alive(), "a held statement was not released"
     first.close()
     second.close()
     assert a.error is None and a.after == (1,)
     assert b.error is not None and b.error.sqlstate == "42501" and "no" in str(b.error)
     assert b.after == (1,)
-    assert _count(pg_server, it_database, "w0-approved") == 1
-    assert _count(pg_server, it_database, "w1-denied") == 0
+    assert _count(pg_server, it_database, approved) == 1
+    assert _count(pg_server, it_database, denied) == 0
 
 
 def test_stopping_the_gateway_withdraws_the_requests_of_every_worker(
