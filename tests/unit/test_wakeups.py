@@ -7,6 +7,7 @@ that, so a waiter released in time can only have been woken by a notification.
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import socket
 from collections.abc import Iterator
@@ -84,7 +85,8 @@ async def test_a_decision_in_another_process_on_sqlite_wakes_the_broker(sqlite: 
     wakeups = Wakeups(sqlite)
     broker = ApprovalBroker(store, FALLBACK, wakeups=wakeups)
     req_id, waiting = await _held(broker, store)
-    assert wakeups.peer_path is not None and Path(wakeups.peer_path).exists()
+    assert wakeups.peer_path is not None
+    assert await asyncio.to_thread(os.path.exists, wakeups.peer_path)
     other = open_engine(str(sqlite.url))
     try:
         await asyncio.to_thread(ApprovalStore(other).decide, req_id, BOB, "deny", "no")
@@ -93,7 +95,7 @@ async def test_a_decision_in_another_process_on_sqlite_wakes_the_broker(sqlite: 
     outcome = await asyncio.wait_for(waiting, BOUND)
     assert outcome.status == "denied"
     await wakeups.close()
-    assert not Path(wakeups.peer_path).exists()
+    assert not await asyncio.to_thread(os.path.exists, wakeups.peer_path)
 
 
 async def test_a_change_nobody_notified_is_found_by_the_poll(sqlite: Engine) -> None:
@@ -110,7 +112,7 @@ async def test_a_change_nobody_notified_is_found_by_the_poll(sqlite: Engine) -> 
     assert outcome.status == "denied" and outcome.reason == "old"
 
 
-async def test_the_socket_of_a_gone_process_is_removed(sqlite: Engine, tmp_path: Path) -> None:
+def test_the_socket_of_a_gone_process_is_removed(sqlite: Engine, tmp_path: Path) -> None:
     folder = tmp_path / "state.db.wake"
     folder.mkdir()
     gone = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

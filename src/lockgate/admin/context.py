@@ -15,10 +15,10 @@ from lockgate.identity.login import Provider
 from lockgate.identity.tokens import GatewayTokenAuthority
 from lockgate.identity.verifier import IdentityVerifier
 from lockgate.secrets.store import SecretStore
-from lockgate.wakeups import Wakeups
 
 if TYPE_CHECKING:
     from lockgate.gate import Gate
+    from lockgate.wakeups import Wakeups
 
 
 @dataclass
@@ -39,7 +39,7 @@ class AdminContext:
     oidc_provider: Provider | None = None
     # The event hub (admin/hub.py), made on first use.
     events: object | None = None
-    # Store change notifications (wakeups.py): the gateway's own, or the context's.
+    # Store change notifications (wakeups.py): the gateway's; None: the hub makes its own.
     wakeups: Wakeups | None = None
 
     @classmethod
@@ -58,7 +58,6 @@ class AdminContext:
             approvals=ApprovalStore(engine),
             authority=authority,
             secrets=SecretStore.for_manifest(manifest, engine),
-            wakeups=Wakeups(engine),
         )
 
 

@@ -70,13 +70,16 @@ class EventHub:
         admin = self._ctx.manifest.admin
         interval = admin.events_interval if admin else 1.0
         self._reviews = self._sessions = None  # a fresh baseline: no replay of old news
-        if self._ctx.wakeups is None:
-            self._ctx.wakeups = Wakeups(self._ctx.engine)
-        self._watch = watch = self._ctx.wakeups.watch(APPROVALS)
+        wakeups, own = self._ctx.wakeups, None
+        if wakeups is None:  # an app without a gateway: its own, closed with the stream
+            wakeups = own = Wakeups(self._ctx.engine)
+        self._watch = watch = wakeups.watch(APPROVALS)
         try:
             await self._look(watch, interval)
         finally:
             watch.close()
+            if own is not None:
+                await own.close()
 
     async def _look(self, watch: Watch, interval: float) -> None:
         while self._listeners and not self._ctx.stopping.is_set():

@@ -1,5 +1,8 @@
 """Live SSH sessions end when their token is revoked or expires, their grant ends, or they
-run past max_session: the user reads why on stderr, the audit records the end reason."""
+run past max_session: the user reads why on stderr, the audit records the end reason.
+
+A revocation (of a token or a grant) by another process wakes the live-session check at
+once (wakeups.py): with a 30 s check interval, a session ended within 10 s was woken."""
 
 from __future__ import annotations
 
@@ -88,8 +91,28 @@ def test_an_expiring_token_ends_an_interactive_shell(live: SshGateway) -> None:
     assert session["end_reason"] == "token_expired"
 
 
-def test_a_revoked_grant_ends_the_session_it_admitted(live: SshGateway) -> None:
-    gina = live.token("gina")
+@pytest.fixture(scope="module")
+def woken(tmp_path_factory: pytest.TempPathFactory, sshd: Target) -> Iterator[SshGateway]:
+    yield from _start(tmp_path_factory.mktemp("ssh-woken"), sshd, check_interval="30s")
+
+
+def test_a_revocation_wakes_the_check_at_once(woken: SshGateway) -> None:
+    token = woken.token("woken-wes")
+    proc = woken.ssh_popen(token, "echo started; sleep 60")
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"started\n"
+    woken.cli("token", "revoke", "--subject", "woken-wes", "--reason", "left the team")
+    code, _, err = finish(proc, timeout=10)
+    assert code != 0 and b"lockgate: session ended: its token was revoked" in err
+
+
+@pytest.mark.parametrize("gw", ["live", "woken"])
+def test_a_revoked_grant_ends_the_session_it_admitted(
+    gw: str, request: pytest.FixtureRequest
+) -> None:
+    live: SshGateway = request.getfixturevalue(gw)
+    subject = f"gina-{gw}"
+    gina = live.token(subject)
     refused = live.ssh(gina, "true", resource="jit-target")
     assert refused.returncode == 255
     rid = live.cli(
@@ -102,13 +125,13 @@ def test_a_revoked_grant_ends_the_session_it_admitted(live: SshGateway) -> None:
     proc = live.ssh_popen(gina, "echo in; sleep 60", resource="jit-target")
     assert proc.stdout is not None
     assert proc.stdout.readline() == b"in\n"
-    assert live_session(live, "gina")["ended_at"] is None
+    assert live_session(live, subject)["ended_at"] is None
     live.cli("grants", "revoke", grant["id"], "--reason", "done", "--as", "root")
-    code, _, err = finish(proc)
+    code, _, err = finish(proc, timeout=10)
     assert code != 0
     assert f"lockgate: session ended: its access grant {grant['id']} was revoked".encode() in err
     assert b"lockgate request RESOURCE" in err
-    assert ended_session(live, "gina")["end_reason"] == "grant_ended"
+    assert ended_session(live, subject)["end_reason"] == "grant_ended"
 
 
 @pytest.fixture(scope="module")
