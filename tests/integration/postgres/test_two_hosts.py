@@ -299,3 +299,27 @@ def test_console_end_session_on_one_host_ends_a_live_session_on_the_other(
         ended = _ended_at(conn)
     assert ended is not None, "the live session on host b was not ended by the wake-up"
     print(f"host b ended the session {ended - asked_at:.2f} s after the console asked on a")
+
+
+def test_console_events_on_one_host_show_reviews_of_the_other(hosts: TwoHosts) -> None:
+    """Host a's event stream (30 s fallback poll) shows host b's review, then its denial."""
+    with (
+        hosts.admin(hosts.a.token("rita", ("sre",))) as api,
+        api.stream("GET", "/api/events", timeout=httpx.Timeout(BOUND * 0.1)) as stream,
+    ):
+        lines = stream.iter_lines()
+        assert next(lines).startswith(":")  # subscribed: the hub took its baseline
+        held = _Held(hosts, "two-hosts-sse")
+        rid = held.request["id"]
+
+        def next_review() -> dict[str, Any]:
+            for line in lines:  # each read is bounded: no event in 10 s raises ReadTimeout
+                if line.startswith("data: ") and rid in line:
+                    return dict(json.loads(line[len("data: ") :]))
+            raise AssertionError("the event stream ended")
+
+        assert next_review()["status"] == "pending"
+        got = api.post(f"/api/reviews/{rid}/deny", json={"reason": "sse"})
+        assert got.status_code == 200, got.text
+        assert next_review()["status"] == "denied"
+    assert "sse" in str(held.released().get("error"))
