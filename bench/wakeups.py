@@ -13,7 +13,8 @@ Side by side in one run, with the default fallback poll (0.5 s) everywhere:
   skipped without `--pg` (a server URL; a database is created and dropped);
 - `poll`: no wake-ups at all, as before (the broker's poll alone).
 Each figure is the time from calling `decide()` (its own transaction included) to the held
-future resolving; the release may come before `decide()` returns to its caller. Not a test: numbers depend on the machine and its load.
+future resolving; the release may come before `decide()` returns to its caller.
+Not a test: numbers depend on the machine and its load.
 """
 
 from __future__ import annotations
