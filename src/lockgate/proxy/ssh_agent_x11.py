@@ -36,16 +36,15 @@ import logging
 import secrets
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 
 import asyncssh
 from asyncssh.channel import SSHChannel
 
-from lockgate.model import ResultSummary
 from lockgate.policy.ssh import SshRequest
 from lockgate.protocols.ssh.x11 import CookieSwap
 from lockgate.proxy.ssh_channel import SshContext
-from lockgate.proxy.ssh_forward import ForwardedConnection, admit_forward
+from lockgate.proxy.ssh_forward import admit_channel, connect_channel
 from lockgate.proxy.ssh_transport import MAX_PACKET, WINDOW
 from lockgate.tasks import spawn
 
@@ -61,7 +60,6 @@ AGENT_PATH = "_agent_forward_path"
 # A display name for asyncssh: any non-empty name makes it accept the client's x11-req.
 DISPLAY = "lockgate"
 
-_PROHIBITED = asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED
 _FAILED = asyncssh.OPEN_CONNECT_FAILED
 
 
@@ -129,16 +127,9 @@ async def _agent_connection(
     """An agent channel the target opened: recorded, then opened to the client's agent."""
     text = "forward agent"
     request = SshRequest("forward", text=text, forwarding="agent")
-    seq, refused = await admit_forward(ctx, "ssh.forward-agent-connection", text, request)
-    if refused:
-        raise asyncssh.ChannelOpenError(_PROHIBITED, f"lockgate: {refused}")
-    pair = ForwardedConnection(ctx, seq, text, from_target=True)
-    chan = client.create_agent_channel(WINDOW, MAX_PACKET)
-    try:
-        await chan.open(lambda: pair.client)
-    except (asyncssh.Error, OSError) as exc:
-        _failed(ctx, seq, "the client did not accept the agent connection", exc)
-    ctx.forwards.add(pair)
+    pair = await admit_channel(ctx, "ssh.forward-agent-connection", text, request, from_target=True)
+    opening = client.create_agent_channel(WINDOW, MAX_PACKET).open(lambda: pair.client)
+    await connect_channel(pair, opening, "the client did not accept the agent connection")
     return pair.target
 
 
@@ -156,10 +147,7 @@ async def _x11_connection(
     """
     text = f"forward x11 from {orig_host}:{orig_port}"
     request = SshRequest("forward", text=text, forwarding="x11")
-    seq, refused = await admit_forward(ctx, "ssh.forward-x11-connection", text, request)
-    if refused:
-        raise asyncssh.ChannelOpenError(_PROHIBITED, f"lockgate: {refused}")
-    pair = ForwardedConnection(ctx, seq, text, from_target=True)
+    pair = await admit_channel(ctx, "ssh.forward-x11-connection", text, request, from_target=True)
     swap = CookieSwap(grant.proto, grant.fake, grant.cookie)
 
     async def open_to_client() -> None:
@@ -181,10 +169,3 @@ async def _x11_connection(
     pair.target.rewrite = rewrite
     ctx.forwards.add(pair)
     return pair.target
-
-
-def _failed(ctx: SshContext, seq: int, message: str, exc: Exception) -> NoReturn:
-    reason = getattr(exc, "reason", "") or type(exc).__name__
-    message = f"{message} ({reason})"
-    ctx.finish(seq, ResultSummary(status="error", error_message=message[:1000]))
-    raise asyncssh.ChannelOpenError(_FAILED, f"lockgate: {message}") from None

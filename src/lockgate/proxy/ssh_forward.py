@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import NoReturn
 
 import asyncssh
 from asyncssh.channel import SSHChannel
@@ -184,6 +185,35 @@ async def admit_forward(
     return seq, ""
 
 
+async def admit_channel(
+    ctx: SshContext, kind: str, text: str, request: SshRequest, *, from_target: bool = False
+) -> ForwardedConnection:
+    """Decide on and record a forwarded channel: the pair to relay it, or ChannelOpenError."""
+    seq, refused = await admit_forward(ctx, kind, text, request)
+    if refused:
+        raise asyncssh.ChannelOpenError(_PROHIBITED, f"lockgate: {refused}")
+    return ForwardedConnection(ctx, seq, text, from_target=from_target)
+
+
+async def connect_channel(
+    pair: ForwardedConnection, opening: Awaitable[object], failure: str
+) -> None:
+    """Wait for the far side's channel to open; a failure ends the record and the channel."""
+    try:
+        await opening
+    except (asyncssh.Error, OSError) as exc:
+        open_failed(pair.ctx, pair.seq, failure, exc)
+    pair.ctx.forwards.add(pair)
+
+
+def open_failed(ctx: SshContext, seq: int, message: str, exc: Exception) -> NoReturn:
+    """Record a channel the far side would not open and refuse the one asking for it."""
+    reason = getattr(exc, "reason", "") or type(exc).__name__
+    message = f"{message} ({reason})"
+    ctx.finish(seq, ResultSummary(status="error", error_message=message[:1000]))
+    raise asyncssh.ChannelOpenError(_FAILED, f"lockgate: {message}") from None
+
+
 async def open_local(
     ctx: SshContext, dest_host: str, dest_port: int, orig_host: str, orig_port: int
 ) -> asyncssh.SSHTCPSession[bytes]:
@@ -191,20 +221,11 @@ async def open_local(
     destination = f"{dest_host}:{dest_port}"
     text = f"forward local {destination}"
     request = SshRequest("forward", text=text, forwarding="local", destination=destination)
-    seq, refused = await admit_forward(ctx, "ssh.forward-local", text, request)
-    if refused:
-        raise asyncssh.ChannelOpenError(_PROHIBITED, f"lockgate: {refused}")
-    pair = ForwardedConnection(ctx, seq, text)
-    try:
-        await ctx.upstream.create_connection(
-            lambda: pair.target, dest_host, dest_port, orig_host, orig_port, encoding=None
-        )
-    except (asyncssh.Error, OSError) as exc:
-        reason = getattr(exc, "reason", "") or type(exc).__name__
-        message = f"the target could not connect to {destination} ({reason})"
-        ctx.finish(seq, ResultSummary(status="error", error_message=message[:1000]))
-        raise asyncssh.ChannelOpenError(_FAILED, f"lockgate: {message}") from None
-    ctx.forwards.add(pair)
+    pair = await admit_channel(ctx, "ssh.forward-local", text, request)
+    opening = ctx.upstream.create_connection(
+        lambda: pair.target, dest_host, dest_port, orig_host, orig_port, encoding=None
+    )
+    await connect_channel(pair, opening, f"the target could not connect to {destination}")
     return pair.client
 
 
@@ -250,18 +271,11 @@ async def _remote_connection(
     where = f"{listen_host}:{listen_port}"
     text = f"forward remote {where} from {orig_host}:{orig_port}"
     request = SshRequest("forward", text=text, forwarding="remote", destination=where)
-    seq, refused = await admit_forward(ctx, "ssh.forward-remote-connection", text, request)
-    if refused:
-        raise asyncssh.ChannelOpenError(_PROHIBITED, f"lockgate: {refused}")
-    pair = ForwardedConnection(ctx, seq, text, from_target=True)
-    try:
-        await client.create_connection(
-            lambda: pair.client, listen_host, listen_port, orig_host, orig_port, encoding=None
-        )
-    except (asyncssh.Error, OSError) as exc:
-        reason = getattr(exc, "reason", "") or type(exc).__name__
-        message = f"the client did not accept the forwarded connection ({reason})"
-        ctx.finish(seq, ResultSummary(status="error", error_message=message[:1000]))
-        raise asyncssh.ChannelOpenError(_FAILED, f"lockgate: {message}") from None
-    ctx.forwards.add(pair)
+    pair = await admit_channel(
+        ctx, "ssh.forward-remote-connection", text, request, from_target=True
+    )
+    opening = client.create_connection(
+        lambda: pair.client, listen_host, listen_port, orig_host, orig_port, encoding=None
+    )
+    await connect_channel(pair, opening, "the client did not accept the forwarded connection")
     return pair.target
