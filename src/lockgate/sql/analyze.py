@@ -520,13 +520,39 @@ def statement_facts(stmt: ast.Node) -> StatementFacts:
     return walk.facts(stmt)
 
 
+class _Cache:
+    """Analyses by key, oldest stored first out: bounded in entries and in key characters.
+
+    The keys are whole statement texts, so the character budget is what bounds memory
+    against a client sending many distinct large statements.
+    """
+
+    __slots__ = ("_items", "_size", "_budget", "_chars", "get")
+
+    def __init__(self, size: int, budget: int) -> None:
+        self._items: OrderedDict[str, Analysis] = OrderedDict()
+        self._size = size
+        self._budget = budget
+        self._chars = 0
+        self.get = self._items.get
+
+    def put(self, key: str, value: Analysis) -> None:
+        if len(key) > self._budget >> 6:
+            return  # a very large text: one parse per use costs less than what it pushes out
+        items = self._items
+        if key not in items:
+            self._chars += len(key)
+        items[key] = value
+        while len(items) > self._size or self._chars > self._budget:
+            self._chars -= len(items.popitem(last=False)[0])
+
+
 class Analyzer:
     """Analyses SQL text with caching; safe to share within one event loop."""
 
-    def __init__(self, cache_size: int = 20_000) -> None:
-        self._by_text: OrderedDict[str, Analysis] = OrderedDict()
-        self._by_shape: OrderedDict[str, Analysis] = OrderedDict()
-        self._size = cache_size
+    def __init__(self, cache_size: int = 20_000, cache_chars: int = 16 << 20) -> None:
+        self._by_text = _Cache(cache_size, cache_chars)
+        self._by_shape = _Cache(cache_size, cache_chars)
 
     def analyze(self, sql: str) -> Analysis:
         """Facts about every statement in `sql` (never raises on bad SQL: see `error`)."""
@@ -535,22 +561,22 @@ class Analyzer:
             return hit
         if "$" in sql:
             result = self._parse(sql)
-            self._remember(self._by_text, sql, result)
+            self._by_text.put(sql, result)
             return result
         try:
             shape = normalize(sql)
         except ParseError as exc:
             result = Analysis((), error=str(exc))
-            self._remember(self._by_text, sql, result)
+            self._by_text.put(sql, result)
             return result
         cached = self._by_shape.get(shape)
         if cached is None:
             result = self._parse(sql)
             if not result.text_dependent:
-                self._remember(self._by_shape, shape, result)
+                self._by_shape.put(shape, result)
         else:
             result = cached
-        self._remember(self._by_text, sql, result)
+        self._by_text.put(sql, result)
         return result
 
     @staticmethod
@@ -566,7 +592,3 @@ class Analyzer:
         except RecursionError:
             return Analysis((), error="statement too deeply nested to analyse")
 
-    def _remember(self, cache: OrderedDict[str, Analysis], key: str, value: Analysis) -> None:
-        cache[key] = value
-        if len(cache) > self._size:
-            cache.popitem(last=False)

@@ -298,6 +298,24 @@ def test_shape_cache_serves_shape_only_facts() -> None:
     assert a.analyze("DELETE FROM c.t WHERE id = 1").statements[0].writes == ("c.t",)
 
 
+def test_caches_are_bounded_by_the_characters_they_hold() -> None:
+    from lockgate.sql.analyze import _Cache
+
+    a = Analyzer(cache_size=1000, cache_chars=64 * 200)
+    for i in range(100):
+        a.analyze(f"SELECT {i} AS v{i}, '{'x' * 150}'")  # distinct texts and shapes
+    for cache in (a._by_text, a._by_shape):
+        assert isinstance(cache, _Cache)
+        assert sum(map(len, cache._items)) <= 64 * 200
+    assert len(a._by_text._items) < 100  # the shapes ("SELECT $1 AS v0, $2") are short
+    # The newest stay; a text over 1/64 of the budget is never kept, only analysed.
+    newest = "SELECT 99 AS v99, '" + "x" * 150 + "'"
+    assert a._by_text.get(newest) is a.analyze(newest)
+    huge = "SELECT '" + "y" * 300 + "'"
+    assert a.analyze(huge).kind == "select"
+    assert a._by_text.get(huge) is None
+
+
 def test_parse_errors_are_reported_not_raised() -> None:
     analysis = Analyzer().analyze("DR/**/OP TABLE t")
     assert analysis.error is not None

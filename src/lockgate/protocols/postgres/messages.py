@@ -166,10 +166,15 @@ def split_messages(
 
     Offsets point at the type byte; `end` is one past the message. No bytes are copied.
     """
-    spans: list[tuple[int, int]] = []
-    pos = start
     n = len(buf)
     unpack = _I32.unpack_from
+    if start == 0 and n >= 5:
+        # The usual client chunk: exactly one whole message.
+        (length,) = unpack(buf, 1)
+        if length + 1 == n and 4 <= length <= max_length:
+            return [(0, n)], n
+    spans: list[tuple[int, int]] = []
+    pos = start
     while pos + 5 <= n:
         (length,) = unpack(buf, pos + 1)
         if length < 4 or length > max_length:
