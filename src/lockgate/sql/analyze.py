@@ -527,7 +527,7 @@ class _Cache:
     against a client sending many distinct large statements.
     """
 
-    __slots__ = ("_items", "_size", "_budget", "_chars", "get")
+    __slots__ = ("_budget", "_chars", "_items", "_size", "get")
 
     def __init__(self, size: int, budget: int) -> None:
         self._items: OrderedDict[str, Analysis] = OrderedDict()
