@@ -591,4 +591,3 @@ class Analyzer:
             )
         except RecursionError:
             return Analysis((), error="statement too deeply nested to analyse")
-
