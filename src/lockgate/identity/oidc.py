@@ -44,7 +44,7 @@ from lockgate.config.model import ClaimRule, OIDCIssuer, parse_duration
 from lockgate.errors import AuthFailed
 from lockgate.identity.revocation import ensure_tables, find_revocation
 from lockgate.identity.tokens import iso
-from lockgate.identity.verifier import _check_shape, shown, unverified_claims
+from lockgate.identity.verifier import _check_shape, claim_time, shown, unverified_claims
 from lockgate.model import Principal, PrincipalKind
 
 log = logging.getLogger("lockgate.identity.oidc")
@@ -358,9 +358,9 @@ class OIDCVerifier:
         # The signature has been checked by now: the claims named below are the issuer's.
         claims = unverified_claims(token)
         if isinstance(exc, jwt.ExpiredSignatureError):
-            return AuthFailed(f"token expired at {_at(claims, 'exp')}", hint=self._hint)
+            return AuthFailed(f"token expired at {claim_time(claims, 'exp')}", hint=self._hint)
         if isinstance(exc, jwt.ImmatureSignatureError):
-            at = _at(claims, "nbf" if "nbf" in claims else "iat")
+            at = claim_time(claims, "nbf" if "nbf" in claims else "iat")
             return AuthFailed(
                 f"token is not valid until {at}",
                 hint="check this machine's clock, or wait until then",
@@ -446,13 +446,3 @@ class OIDCVerifier:
             f"{what} was revoked at {iso(found.revoked_at)}{reason}",
             hint="ask an administrator to restore access",
         )
-
-
-def _at(claims: dict[str, Any], name: str) -> str:
-    value = claims.get(name)
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        try:
-            return iso(datetime.fromtimestamp(value, UTC))
-        except (OverflowError, OSError, ValueError):
-            pass
-    return "an invalid time"

@@ -91,7 +91,8 @@ def unverified_claims(token: str) -> dict[str, Any]:
     return claims
 
 
-def _timestamp(claims: dict[str, Any], name: str) -> str:
+def claim_time(claims: dict[str, Any], name: str) -> str:
+    """A time claim (`exp`, `nbf`, `iat`) for an error message, whatever the token holds."""
     value = claims.get(name)
     if isinstance(value, int | float) and not isinstance(value, bool):
         try:
@@ -179,11 +180,11 @@ class GatewayTokenVerifier:
                 hint="the token was altered or signed by another gateway; " + _NEW_TOKEN_HINT,
             ) from None
         except jwt.ExpiredSignatureError:
-            at = _timestamp(unverified_claims(token), "exp")
+            at = claim_time(unverified_claims(token), "exp")
             raise AuthFailed(f"token expired at {at}", hint=_NEW_TOKEN_HINT) from None
         except jwt.ImmatureSignatureError:
             early = unverified_claims(token)
-            at = _timestamp(early, "nbf" if "nbf" in early else "iat")
+            at = claim_time(early, "nbf" if "nbf" in early else "iat")
             raise AuthFailed(
                 f"token is not valid until {at}",
                 hint="check this machine's clock, or wait until then",
