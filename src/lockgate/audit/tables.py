@@ -148,6 +148,7 @@ command_results = Table(
     ForeignKeyConstraint(
         ["session_id", "seq"], ["commands.session_id", "commands.seq"], ondelete="CASCADE"
     ),
+    sqlite_with_rowid=False,
 )
 
 refusals = Table(
@@ -205,6 +206,7 @@ audit_events = Table(
     Column("digest", LargeBinary(32), nullable=False),
     Column("hash", LargeBinary(32), nullable=False),
     Column("purge", Integer),
+    sqlite_with_rowid=False,
 )
 Index("ix_audit_events_ref", audit_events.c.session_id, audit_events.c.item)
 
@@ -245,7 +247,7 @@ CHAIN_TABLES = [audit_chains, audit_events, audit_checkpoints, audit_holds, comm
 FTS_TABLE = "audit_commands_fts"
 SQLITE_FTS = (
     f"CREATE VIRTUAL TABLE IF NOT EXISTS {FTS_TABLE} USING fts5("
-    "text, session_id UNINDEXED, seq UNINDEXED)"
+    "text, session_id UNINDEXED, seq UNINDEXED, columnsize=0)"
 )
 PG_FTS = (
     "DO $$ BEGIN IF to_regclass('commands') IS NOT NULL THEN "
