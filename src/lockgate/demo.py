@@ -468,28 +468,22 @@ class DemoToken:
 
 def issue_demo_token(manifest: Manifest) -> DemoToken:
     """A gateway token for `analyst` in group `analysts`, valid for 8 hours."""
-    from lockgate.identity.tokens import GatewayTokenAuthority
-    from lockgate.store import open_engine
-
-    engine = open_engine(manifest.state_url)
-    try:
-        issued = GatewayTokenAuthority(manifest, engine).issue(
-            SUBJECT, [GROUP], ttl_seconds=TOKEN_TTL_SECONDS, kind=PrincipalKind.HUMAN
-        )
-    finally:
-        engine.dispose()
-    return DemoToken(token=issued.token, expires_at=issued.expires_at)
+    return _issue(manifest, SUBJECT, GROUP)
 
 
 def issue_admin_token(manifest: Manifest) -> DemoToken:
     """A gateway token for the demo's `admin` (group `admins`), valid for 8 hours."""
+    return _issue(manifest, ADMIN, ADMIN_GROUP)
+
+
+def _issue(manifest: Manifest, subject: str, group: str) -> DemoToken:
     from lockgate.identity.tokens import GatewayTokenAuthority
     from lockgate.store import open_engine
 
     engine = open_engine(manifest.state_url)
     try:
         issued = GatewayTokenAuthority(manifest, engine).issue(
-            ADMIN, [ADMIN_GROUP], ttl_seconds=TOKEN_TTL_SECONDS, kind=PrincipalKind.HUMAN
+            subject, [group], ttl_seconds=TOKEN_TTL_SECONDS, kind=PrincipalKind.HUMAN
         )
     finally:
         engine.dispose()
