@@ -79,18 +79,7 @@ def get_config(caller: CallerDep, ctx: Ctx) -> dict[str, Any]:
 def _token(t: TokenRecord) -> dict[str, Any]:
     from lockgate.admin.reviews import iso
 
-    return {
-        "jti": t.jti,
-        "subject": t.subject,
-        "groups": list(t.groups),
-        "scopes": list(t.scopes) if t.scopes is not None else None,
-        "kind": t.kind.value,
-        "issued_at": iso(t.issued_at),
-        "expires_at": iso(t.expires_at),
-        "revoked": t.revoked,
-        "revoked_at": iso(t.revoked_at) if t.revoked_at else None,
-        "revoked_reason": t.revoked_reason,
-    }
+    return t.as_json(iso)
 
 
 @router.get("/tokens", response_model=TokenList)

@@ -51,19 +51,7 @@ def _status(record: TokenRecord, now: datetime) -> str:
 
 
 def _as_json(record: TokenRecord, now: datetime) -> dict[str, Any]:
-    return {
-        "jti": record.jti,
-        "subject": record.subject,
-        "groups": list(record.groups),
-        "scopes": list(record.scopes) if record.scopes is not None else None,
-        "kind": record.kind.value,
-        "issued_at": iso(record.issued_at),
-        "expires_at": iso(record.expires_at),
-        "revoked": record.revoked,
-        "revoked_at": iso(record.revoked_at) if record.revoked_at else None,
-        "revoked_reason": record.revoked_reason,
-        "status": _status(record, now),
-    }
+    return {**record.as_json(iso), "status": _status(record, now)}
 
 
 @click.group()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -73,6 +73,21 @@ class TokenRecord:
 
     def expired(self, now: datetime | None = None) -> bool:
         return self.expires_at <= (now or datetime.now(UTC))
+
+    def as_json(self, when: Callable[[datetime], str]) -> dict[str, Any]:
+        """What the CLI and the console show of it; `when` formats its times."""
+        return {
+            "jti": self.jti,
+            "subject": self.subject,
+            "groups": list(self.groups),
+            "scopes": list(self.scopes) if self.scopes is not None else None,
+            "kind": self.kind.value,
+            "issued_at": when(self.issued_at),
+            "expires_at": when(self.expires_at),
+            "revoked": self.revoked,
+            "revoked_at": when(self.revoked_at) if self.revoked_at else None,
+            "revoked_reason": self.revoked_reason,
+        }
 
 
 def utc(value: datetime) -> datetime:
