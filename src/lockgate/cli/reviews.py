@@ -183,72 +183,53 @@ def show(config_path: Path, request_id: str, as_json: bool) -> None:
         _show(r)
 
 
-def _decide(
-    config_path: Path,
-    request_id: str,
-    verdict: str,
-    reason: str,
-    token: str | None,
-    as_subject: str | None,
-    groups: tuple[str, ...],
-    as_json: bool,
-) -> None:
-    with _open(config_path) as ctx:
-        reviewer = _identity(ctx, token, as_subject, groups)
-        r = ctx.store.decide(request_id, reviewer, verdict, reason)
-        notify(ctx.manifest, decision_event(r), r)
-    if as_json:
-        print_json(r.as_json())
-        return
-    click.echo(
-        f"{'Approved' if verdict == 'approve' else 'Denied'} request {r.id} as {reviewer.subject}."
-    )
-    if r.status == "pending":
-        click.echo(f"  {r.approvals} of {r.quorum} approvals so far; waiting for more reviewers.")
-    else:
-        click.echo(f"  request is now {r.status}: {r.outcome}")
+def _decision_command(verdict: str, summary: str, reason_help: str) -> click.Command:
+    """`reviews approve` and `reviews deny`: the same options, one verdict each."""
+
+    @reviews.command(verdict, help=summary)
+    @config_option
+    @click.argument("request_id")
+    @click.option("--reason", required=True, help=reason_help)
+    @_token_option
+    @_as_option
+    @_group_option
+    @click.option("--json", "as_json", is_flag=True, help="Print the request as JSON.")
+    def decide(
+        config_path: Path,
+        request_id: str,
+        reason: str,
+        token: str | None,
+        as_subject: str | None,
+        groups: tuple[str, ...],
+        as_json: bool,
+    ) -> None:
+        with _open(config_path) as ctx:
+            reviewer = _identity(ctx, token, as_subject, groups)
+            r = ctx.store.decide(request_id, reviewer, verdict, reason)
+            notify(ctx.manifest, decision_event(r), r)
+        if as_json:
+            print_json(r.as_json())
+            return
+        done = "Approved" if verdict == "approve" else "Denied"
+        click.echo(f"{done} request {r.id} as {reviewer.subject}.")
+        if r.status == "pending":
+            click.echo(
+                f"  {r.approvals} of {r.quorum} approvals so far; waiting for more reviewers."
+            )
+        else:
+            click.echo(f"  request is now {r.status}: {r.outcome}")
+
+    return decide
 
 
-@reviews.command()
-@config_option
-@click.argument("request_id")
-@click.option("--reason", required=True, help="Why (recorded with your identity).")
-@_token_option
-@_as_option
-@_group_option
-@click.option("--json", "as_json", is_flag=True, help="Print the request as JSON.")
-def approve(
-    config_path: Path,
-    request_id: str,
-    reason: str,
-    token: str | None,
-    as_subject: str | None,
-    groups: tuple[str, ...],
-    as_json: bool,
-) -> None:
-    """Approve a request (it runs or is granted once the quorum is reached)."""
-    _decide(config_path, request_id, "approve", reason, token, as_subject, groups, as_json)
-
-
-@reviews.command()
-@config_option
-@click.argument("request_id")
-@click.option("--reason", required=True, help="Why (the requester is told).")
-@_token_option
-@_as_option
-@_group_option
-@click.option("--json", "as_json", is_flag=True, help="Print the request as JSON.")
-def deny(
-    config_path: Path,
-    request_id: str,
-    reason: str,
-    token: str | None,
-    as_subject: str | None,
-    groups: tuple[str, ...],
-    as_json: bool,
-) -> None:
-    """Deny a request (one denial closes it)."""
-    _decide(config_path, request_id, "deny", reason, token, as_subject, groups, as_json)
+approve = _decision_command(
+    "approve",
+    "Approve a request (it runs or is granted once the quorum is reached).",
+    "Why (recorded with your identity).",
+)
+deny = _decision_command(
+    "deny", "Deny a request (one denial closes it).", "Why (the requester is told)."
+)
 
 
 @click.command()
