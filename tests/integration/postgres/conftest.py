@@ -188,6 +188,40 @@ def token(gateway: RunningGateway) -> str:
     return gateway.token()
 
 
+def connect_direct(pg: tuple[str, int, str], database: str) -> psycopg.Connection[Any]:
+    """An autocommit connection straight to the server (not through the gateway)."""
+    host, port, user = pg
+    return psycopg.connect(host=host, port=port, user=user, dbname=database, autocommit=True)
+
+
+def run_direct(pg: tuple[str, int, str], database: str, *statements: str) -> None:
+    """Run set-up statements straight on the server, each in its own transaction."""
+    with connect_direct(pg, database) as c:
+        for statement in statements:
+            c.execute(statement.encode())
+
+
+@pytest.fixture
+def direct(pg_server: tuple[str, int, str], it_database: str) -> Iterator[psycopg.Connection[Any]]:
+    """A connection straight to the module's database, to check effects on the server."""
+    with connect_direct(pg_server, it_database) as c:
+        yield c
+
+
+def wait_request(gw: RunningGateway, pred: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """The first approval request matching `pred` (bounded polling: the worker writes it async)."""
+    import json
+
+    rows: list[dict[str, Any]] = []
+    for _ in range(300):
+        rows = json.loads(gw.cli("reviews", "list", "--all", "--json").stdout)
+        for row in rows:
+            if pred(row):
+                return row
+        time.sleep(0.1)
+    raise AssertionError(f"no matching approval request; latest: {rows[:5]!r}")
+
+
 __all__ = ["RunningGateway", "base_manifest", "local_resource", "start_gateway", "textwrap"]
 
 

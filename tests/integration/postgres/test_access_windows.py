@@ -20,6 +20,7 @@ from tests.integration.postgres.conftest import (
     Wire,
     base_manifest,
     local_resource,
+    run_direct,
     start_gateway,
 )
 
@@ -74,9 +75,7 @@ def _manifest(port: int, database: str, pg: tuple[str, int, str]) -> dict[str, A
 def gw(
     tmp_path_factory: pytest.TempPathFactory, pg_server: tuple[str, int, str], it_database: str
 ) -> Iterator[RunningGateway]:
-    host, port, user = pg_server
-    with psycopg.connect(host=host, port=port, user=user, dbname=it_database, autocommit=True) as c:
-        c.execute("CREATE TABLE payments (id int, note text)")
+    run_direct(pg_server, it_database, "CREATE TABLE payments (id int, note text)")
     gateway = start_gateway(
         tmp_path_factory.mktemp("windows"), _manifest(free_port(), it_database, pg_server)
     )

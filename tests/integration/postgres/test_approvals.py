@@ -24,7 +24,9 @@ from tests.integration.postgres.conftest import (
     Wire,
     base_manifest,
     local_resource,
+    run_direct,
     start_gateway,
+    wait_request,
 )
 
 pytestmark = pytest.mark.pg
@@ -138,15 +140,13 @@ def gw(
     it_database: str,
     hooks: _Hooks,
 ) -> Iterator[RunningGateway]:
-    host, port, user = pg_server
-    with psycopg.connect(host=host, port=port, user=user, dbname=it_database, autocommit=True) as c:
-        for table in ("payments", "ledger", "vault"):
-            c.execute(f"CREATE TABLE {table} (id int, note text)")
-        c.execute(
-            "CREATE TABLE big AS "
-            "SELECT g AS id, 'row ' || g AS note FROM generate_series(1, 20000) g"
-        )
-        c.execute("ANALYZE big")
+    run_direct(
+        pg_server,
+        it_database,
+        *(f"CREATE TABLE {table} (id int, note text)" for table in ("payments", "ledger", "vault")),
+        "CREATE TABLE big AS SELECT g AS id, 'row ' || g AS note FROM generate_series(1, 20000) g",
+        "ANALYZE big",
+    )
     gateway = start_gateway(
         tmp_path_factory.mktemp("approvals"),
         _manifest(free_port(), it_database, pg_server, hooks.url),
@@ -155,28 +155,9 @@ def gw(
     gateway.stop()
 
 
-@pytest.fixture
-def direct(pg_server: tuple[str, int, str], it_database: str) -> Iterator[psycopg.Connection[Any]]:
-    host, port, user = pg_server
-    with psycopg.connect(host=host, port=port, user=user, dbname=it_database, autocommit=True) as c:
-        yield c
-
-
 def _requests(gw: RunningGateway, *extra: str) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = json.loads(gw.cli("reviews", "list", "--json", *extra).stdout)
     return rows
-
-
-def _wait_request(gw: RunningGateway, pred: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-    """The first request matching `pred` (bounded polling: the worker writes it async)."""
-    rows: list[dict[str, Any]] = []
-    for _ in range(150):
-        rows = _requests(gw, "--all")
-        for row in rows:
-            if pred(row):
-                return row
-        time.sleep(0.1)
-    raise AssertionError(f"no matching approval request; latest: {rows[:5]!r}")
 
 
 class _Client(threading.Thread):
@@ -215,7 +196,7 @@ def test_approved_statement_runs_exactly_once(
     bob = gw.token("bob", ("sre",))
     client = _Client(gw.dsn(alice), "INSERT INTO payments VALUES (1, 'approved-once')")
     client.start()
-    req = _wait_request(
+    req = wait_request(
         gw,
         lambda r: r["statement"] and "approved-once" in r["statement"] and r["status"] == "pending",
     )
@@ -253,7 +234,7 @@ def test_denied_statement_gets_42501_with_the_reason(
     alice = gw.token("alice", ("it",))
     client = _Client(gw.dsn(alice), "INSERT INTO payments VALUES (2, 'denied')")
     client.start()
-    req = _wait_request(
+    req = wait_request(
         gw, lambda r: r["statement"] and "'denied'" in r["statement"] and r["status"] == "pending"
     )
     gw.cli(
@@ -285,7 +266,7 @@ def test_expired_request_is_refused(gw: RunningGateway, direct: psycopg.Connecti
     assert client.error is not None and client.error.sqlstate == "42501"
     assert "expired" in str(client.error)
     assert _count(direct, "ledger", "expires") == 0
-    req = _wait_request(gw, lambda r: r["statement"] and "'expires'" in r["statement"])
+    req = wait_request(gw, lambda r: r["statement"] and "'expires'" in r["statement"])
     assert req["status"] == "expired"
 
 
@@ -295,7 +276,7 @@ def test_quorum_of_two_distinct_groups_and_no_self_approval(
     alice = gw.token("alice", ("it", "sre"))
     client = _Client(gw.dsn(alice), "INSERT INTO vault VALUES (4, 'quorum')")
     client.start()
-    req = _wait_request(
+    req = wait_request(
         gw, lambda r: r["statement"] and "'quorum'" in r["statement"] and r["status"] == "pending"
     )
     rid = req["id"]
@@ -332,12 +313,12 @@ def test_disconnect_withdraws_the_request(
     wire = Wire(gw.port, tls=True)
     assert wire.login(gw.token("alice", ("it",)), user="alice", database="itdb") is None
     wire.send(m.query("INSERT INTO payments VALUES (5, 'withdrawn')"))
-    req = _wait_request(
+    req = wait_request(
         gw,
         lambda r: r["statement"] and "'withdrawn'" in r["statement"] and r["status"] == "pending",
     )
     wire.close()
-    _wait_request(gw, lambda r: r["id"] == req["id"] and r["status"] == "withdrawn")
+    wait_request(gw, lambda r: r["id"] == req["id"] and r["status"] == "withdrawn")
     late = gw.cli(
         "reviews",
         "approve",
@@ -423,7 +404,7 @@ def test_psql_waits_inside_a_transaction_and_runs_once(
         text=True,
     )
     try:
-        req = _wait_request(
+        req = wait_request(
             gw,
             lambda r: r["statement"] and "psql-tx" in r["statement"] and r["status"] == "pending",
         )
@@ -454,7 +435,7 @@ def test_cancel_withdraws_and_refuses_the_held_statement(
 
         worker = threading.Thread(target=run, daemon=True)
         worker.start()
-        req = _wait_request(
+        req = wait_request(
             gw,
             lambda r: (
                 r["statement"] and "'cancelled'" in r["statement"] and r["status"] == "pending"
@@ -484,7 +465,7 @@ def test_gateway_shutdown_disconnects_the_waiting_client_and_withdraws(
     wire = Wire(gw2.port, tls=True)
     assert wire.login(gw2.token("alice", ("it",)), user="alice", database="itdb") is None
     wire.send(m.query("INSERT INTO payments VALUES (8, 'shutdown')"))
-    req = _wait_request(
+    req = wait_request(
         gw2,
         lambda r: r["statement"] and "'shutdown'" in r["statement"] and r["status"] == "pending",
     )
@@ -509,7 +490,7 @@ def test_bulk_read_is_held_on_the_planner_estimate(gw: RunningGateway) -> None:
 
     client = _Client(gw.dsn(alice), "SELECT id, note FROM big")
     client.start()
-    req = _wait_request(gw, lambda r: r["guardrail"] == "bulk-reads" and r["status"] == "pending")
+    req = wait_request(gw, lambda r: r["guardrail"] == "bulk-reads" and r["status"] == "pending")
     assert "estimated rows=" in req["reason"] and "> 10000" in req["reason"]
     gw.cli("reviews", "approve", req["id"], "--reason", "export", "--as", "root", "--group", "sre")
     client.join(60)
@@ -531,7 +512,7 @@ def test_bulk_read_with_parameters_is_held_and_denied(gw: RunningGateway) -> Non
 
         worker = threading.Thread(target=run, daemon=True)
         worker.start()
-        req = _wait_request(
+        req = wait_request(
             gw,
             lambda r: (
                 r["guardrail"] == "bulk-reads"

@@ -23,7 +23,9 @@ from tests.integration.postgres.conftest import (
     RunningGateway,
     base_manifest,
     local_resource,
+    run_direct,
     start_gateway,
+    wait_request,
 )
 
 pytestmark = pytest.mark.pg
@@ -69,38 +71,19 @@ def _manifest(port: int, database: str, pg: tuple[str, int, str]) -> dict[str, A
 def gw(
     tmp_path_factory: pytest.TempPathFactory, pg_server: tuple[str, int, str], it_database: str
 ) -> Iterator[RunningGateway]:
-    host, port, user = pg_server
-    with psycopg.connect(host=host, port=port, user=user, dbname=it_database, autocommit=True) as c:
-        c.execute(
-            "CREATE TABLE big AS "
-            "SELECT g AS id, 'row ' || g AS note FROM generate_series(1, 20000) g"
-        )
-        c.execute("CREATE TABLE wide AS SELECT g AS id FROM generate_series(1, 20000) g")
-        c.execute("CREATE TABLE dump AS SELECT g AS id FROM generate_series(1, 2000) g")
-        c.execute("ANALYZE big, wide, dump")
+    run_direct(
+        pg_server,
+        it_database,
+        "CREATE TABLE big AS SELECT g AS id, 'row ' || g AS note FROM generate_series(1, 20000) g",
+        "CREATE TABLE wide AS SELECT g AS id FROM generate_series(1, 20000) g",
+        "CREATE TABLE dump AS SELECT g AS id FROM generate_series(1, 2000) g",
+        "ANALYZE big, wide, dump",
+    )
     gateway = start_gateway(
         tmp_path_factory.mktemp("rowgate"), _manifest(free_port(), it_database, pg_server)
     )
     yield gateway
     gateway.stop()
-
-
-@pytest.fixture
-def direct(pg_server: tuple[str, int, str], it_database: str) -> Iterator[psycopg.Connection[Any]]:
-    host, port, user = pg_server
-    with psycopg.connect(host=host, port=port, user=user, dbname=it_database, autocommit=True) as c:
-        yield c
-
-
-def _wait_request(gw: RunningGateway, pred: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-    rows: list[dict[str, Any]] = []
-    for _ in range(300):
-        rows = json.loads(gw.cli("reviews", "list", "--all", "--json").stdout)
-        for row in rows:
-            if pred(row):
-                return row
-        time.sleep(0.1)
-    raise AssertionError(f"no matching approval request; latest: {rows[:5]!r}")
 
 
 def _pending(guardrail: str) -> Callable[[dict[str, Any]], bool]:
@@ -154,7 +137,7 @@ def test_read_pauses_at_the_threshold_and_resumes_on_approval(gw: RunningGateway
     alice = gw.token("alice", ("it",))
     client = _Stream(gw.dsn(alice), _BULK)
     client.start()
-    req = _wait_request(gw, _pending("bulk-reads"))
+    req = wait_request(gw, _pending("bulk-reads"))
     assert req["requester"] == "alice" and req["statement"] == _BULK
     assert "actual rows passed 10000" in req["reason"]
     assert "estimated rows=100" in req["reason"]
@@ -181,7 +164,7 @@ def test_denied_read_is_cancelled_upstream(
     alice = gw.token("alice", ("it",))
     client = _Stream(gw.dsn(alice), _WIDE)
     client.start()
-    req = _wait_request(gw, _pending("wide-reads"))
+    req = wait_request(gw, _pending("wide-reads"))
     _until(lambda: client.rows == 1000, "the rows before the threshold")
 
     # Backpressure: the server still runs the query, blocked writing to the gateway.
@@ -233,7 +216,7 @@ def test_psql_waits_mid_stream_and_gets_every_row(gw: RunningGateway) -> None:
         text=True,
     )
     try:
-        req = _wait_request(gw, _pending("bulk-reads"))
+        req = wait_request(gw, _pending("bulk-reads"))
         gw.cli("reviews", "approve", req["id"], "--reason", "ok", "--as", "root", "--group", "sre")
         out, err = proc.communicate(timeout=60)
     finally:
