@@ -260,17 +260,25 @@ class JournalIngester:
 def to_batch(records: list[list[Any]], ts: Any) -> Batch:
     """Journal records (see recorder.py for their layout) as store rows."""
     batch = Batch()
+    cmd_rows = batch.cmd_rows
+    add_command = cmd_rows.append
+    add_result = batch.result_rows.append
     # (session, seq) -> index in cmd_rows, to merge an outcome into its command's insert.
     started: dict[tuple[str, int], int] = {}
     for r in records:
         kind = r[0]
         if kind == "C":
             # [C, session, seq, at, text, kind, tables, params, decision, rule, reason]
-            params = None if r[7] is None else _json(r[7])
-            started[(r[1], r[2])] = len(batch.cmd_rows)
-            batch.cmd_rows.append(
-                (r[1], r[2], ts(r[3]), r[4], r[5], _json(r[6]), params, *r[8:11], *_NO_OUTCOME)
-            )
+            params = r[7]
+            if params is not None and not isinstance(params, str):
+                params = _dumps(params).decode()
+            tables = r[6]
+            if not isinstance(tables, str):
+                tables = _dumps(tables).decode()
+            # A repeat (rejected as a duplicate) must not take the outcome from the first.
+            started.setdefault((r[1], r[2]), len(cmd_rows))
+            # The statement alone; its outcome (or _NO_OUTCOME) is joined on below.
+            add_command((r[1], r[2], ts(r[3]), r[4], r[5], tables, params, r[8], r[9], r[10]))
         elif kind == "F":
             # [F, at, rows, status, error_code, error_message, bytes_out, duration_ms, session, seq
             #  (, format, base64 data, rows kept, rows dropped, bytes dropped
@@ -286,17 +294,18 @@ def to_batch(records: list[list[Any]], ts: Any) -> Batch:
                 masked = _NO_MASKED
             if len(r) > 10 and r[11] is not None:
                 raw = a2b_base64(r[11])
-                result = (hashlib.sha256(raw).hexdigest(), *r[12:15])
+                result = (_sha256(raw).hexdigest(), r[12], r[13], r[14])
                 # Small results do not shrink, and a deflate stream costs more to set up.
                 if len(raw) < _COMPRESS_FROM:
-                    batch.result_rows.append((r[8], r[9], r[10], "raw", raw))
+                    add_result((r[8], r[9], r[10], "raw", raw))
                 else:
-                    batch.result_rows.append((r[8], r[9], r[10], CODEC, zlib.compress(raw, 1)))
+                    add_result((r[8], r[9], r[10], CODEC, zlib.compress(raw, 1)))
+            outcome = (ts(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], *result, *masked)
             i = started.get((r[8], r[9]))
             if i is None:
-                batch.cmd_updates.append((ts(r[1]), *r[2:8], *result, *masked, r[8], r[9]))
+                batch.cmd_updates.append((*outcome, r[8], r[9]))
             else:
-                batch.cmd_rows[i] = (*batch.cmd_rows[i][:10], ts(r[1]), *r[2:8], *result, *masked)
+                cmd_rows[i] = cmd_rows[i][:_STATEMENT] + outcome
         elif kind == "S":
             # [S, id, subject, groups, kind, issuer, token, resource, protocol, addr, user, app, at]
             batch.sess_rows.append((r[1], r[2], _json(r[3]), *r[4:12], ts(r[12])))
@@ -304,9 +313,15 @@ def to_batch(records: list[list[Any]], ts: Any) -> Batch:
             batch.sess_updates.append((ts(r[1]), *r[2:]))
         elif kind == "R":
             batch.refusal_rows.append((ts(r[1]), *r[2:]))
+    # Commands whose outcome is not in this batch (an UPDATE sets it when it comes).
+    for i, row in enumerate(cmd_rows):
+        if len(row) == _STATEMENT:
+            cmd_rows[i] = row + _NO_OUTCOME
     return batch
 
 
+# A command row: the statement's columns, then its outcome's (as _NO_OUTCOME).
+_STATEMENT = 10
 _NO_OUTCOME = (None,) * 13
 _NO_RESULT = (None,) * 4
 _NO_MASKED = (None,) * 2
@@ -315,8 +330,12 @@ CODEC = "zlib"
 _COMPRESS_FROM = 256
 
 
+_dumps = orjson.dumps
+_sha256 = hashlib.sha256
+
+
 def _json(value: Any) -> str:
-    return value if isinstance(value, str) else orjson.dumps(value).decode()
+    return value if isinstance(value, str) else _dumps(value).decode()
 
 
 def catch_up(engine: Engine, folder: Path, timeout: float = 5.0) -> None:

@@ -380,3 +380,26 @@ def test_a_rejected_record_is_skipped_alone(
     found = {(c.session_id, c.seq): c.status for c in rows(reader, commands)}
     assert found == {("s-1", 1): None, ("s-1", 2): "SELECT 1"}
     assert journal_files(journal_dir) == []
+
+
+async def test_a_command_journaled_twice_in_one_batch_is_stored_once(
+    engine: Engine, reader: Engine, journal_dir: Path
+) -> None:
+    """The outcome merges into the command's row; the repeat is skipped, not a stuck batch."""
+    rec = await open_recorder(engine, journal_dir)
+    await record_session(rec)
+    await rec.close()
+    (path,) = journal_files(journal_dir)
+    records, end = journal.decode(path.read_bytes())
+    kinds = [r[0] for r in records]
+    assert kinds == ["S", "C", "C", "C", "F", "R"]
+    # The first command again, before its outcome (a writer that retried an append).
+    records.insert(2, list(records[1]))
+    writer = StoreWriter(engine)
+    try:
+        assert writer.write(to_batch(records, writer.timestamp), path.name, end) == 1
+    finally:
+        writer.disconnect()
+    assert counts(reader) == (1, 3, 1)
+    stored = {r.seq: r.finished_at for r in rows(reader, commands)}
+    assert stored[1] is not None and stored[2] is None and stored[3] is None
