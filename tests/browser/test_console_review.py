@@ -8,6 +8,7 @@ the browser; the test then reads psql's own output.
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import shutil
@@ -322,3 +323,21 @@ def test_request_access_from_my_requests(reviewer_page: Any, console: Console) -
     card.wait_for()
     assert "Access request" in card.inner_text() and "dba" in card.inner_text()
     assert card.get_by_role("button", name="Approve").count() == 0
+
+
+def test_configuration_shows_whether_each_token_is_valid_or_revoked(
+    reviewer_page: Any, console: Console
+) -> None:
+    gw = console.gateway
+    gw.token("tess-valid", ("it",))
+    gw.token("tess-revoked", ("it",))
+    issued = {t["subject"]: t["jti"] for t in json.loads(gw.cli("token", "list", "--json").stdout)}
+    gw.cli("token", "revoke", issued["tess-revoked"], "--reason", "left the team")
+    page = reviewer_page
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Configuration").click()
+    tokens = page.get_by_role("table", name="Gateway tokens")
+    valid = tokens.locator("tr", has_text=issued["tess-valid"])
+    revoked = tokens.locator("tr", has_text=issued["tess-revoked"])
+    valid.wait_for()
+    assert valid.locator(".badge").inner_text() == "valid"
+    assert revoked.locator(".badge").inner_text().startswith("revoked ")

@@ -1,7 +1,7 @@
 // Configuration at a glance: the manifest as the gateway loaded it (secrets are never in the
 // API's answer, only references) and the tokens it issued. Read-only.
 import { get, type Me, messageOf, type TokenInfo } from "../api";
-import { Badge, ErrorNote } from "../components/Badge";
+import { ErrorNote, ValidityBadge } from "../components/Badge";
 import { formatTime } from "../format";
 import { useLoad, useNow } from "../hooks";
 
@@ -171,13 +171,12 @@ export function ConfigPage(_: { me: Me }) {
                   <td>{formatTime(t.issued_at)}</td>
                   <td>{formatTime(t.expires_at)}</td>
                   <td>
-                    {t.revoked ? (
-                      <Badge value="denied" label={`revoked ${formatTime(t.revoked_at)}`} />
-                    ) : new Date(t.expires_at).getTime() < now ? (
-                      <Badge value="expired" />
-                    ) : (
-                      <Badge value="allow" label="valid" />
-                    )}
+                    <ValidityBadge
+                      revokedLabel={t.revoked ? `revoked ${formatTime(t.revoked_at)}` : null}
+                      expiresAt={t.expires_at}
+                      now={now}
+                      validLabel="valid"
+                    />
                   </td>
                 </tr>
               ))}

@@ -1,7 +1,7 @@
 // The signed-in person's own access requests and grants, and the form to ask for access.
 import { useState } from "preact/hooks";
 import { type Grant, get, type Me, messageOf, post, type Review } from "../api";
-import { Badge, ErrorNote } from "../components/Badge";
+import { Badge, ErrorNote, ValidityBadge } from "../components/Badge";
 import { formatDuration, formatTime } from "../format";
 import { useEvents, useLoad } from "../hooks";
 
@@ -157,13 +157,12 @@ export function MyRequestsPage({ me }: { me: Me }) {
                   <td>{formatTime(g.granted_at)}</td>
                   <td>{formatTime(g.expires_at)}</td>
                   <td>
-                    {g.revoked_at ? (
-                      <Badge value="denied" label={`revoked by ${g.revoked_by ?? "?"}`} />
-                    ) : new Date(g.expires_at).getTime() < Date.now() ? (
-                      <Badge value="expired" />
-                    ) : (
-                      <Badge value="allow" label="active" />
-                    )}
+                    <ValidityBadge
+                      revokedLabel={g.revoked_at ? `revoked by ${g.revoked_by ?? "?"}` : null}
+                      expiresAt={g.expires_at}
+                      now={Date.now()}
+                      validLabel="active"
+                    />
                   </td>
                 </tr>
               ))}
