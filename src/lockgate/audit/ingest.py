@@ -9,8 +9,10 @@ One ingester runs per state folder at a time (it holds `journal/.ingest.lock`): 
 * a file whose writer is alive (its `flock` is held) is read up to its last whole record;
 * a file whose writer is gone is read to the end, then deleted.
 
-Records are written with the file's new position in ONE transaction, so replay after a
-crash resumes exactly where the store left off. Running in its own process keeps the
+A pass's records from every file are written with each file's new position in ONE
+transaction (one commit per pass, not per worker's file; a new one after 8 MiB, and before
+a dead writer's file is deleted), so replay after a crash resumes exactly where the store
+left off. Running in its own process keeps the
 gateway workers' event loops free of the store's latency and of lock waits.
 """
 
@@ -69,6 +71,11 @@ class JournalIngester:
         self.chain.collect = bool(self.observers)
         self.store_failures = 0
         self._positions: dict[str, int] = {}
+        # Records read in this pass but not written yet, from every journal file: written in
+        # ONE transaction with each file's new position (one commit per pass, not per file).
+        self._pending: list[list[Any]] = []
+        self._pending_positions: dict[str, int] = {}
+        self._pending_bytes = 0
         self._lock_fd = -1
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -104,8 +111,14 @@ class JournalIngester:
         Signs a checkpoint of the chain when one is due, or whenever `seal` is set.
         """
         written = 0
-        for path in sorted(self.folder.glob(f"*{journal.SUFFIX}")):
-            written += self._ingest_file(path)
+        try:
+            for path in sorted(self.folder.glob(f"*{journal.SUFFIX}")):
+                written += self._ingest_file(path)
+            written += self._flush()
+        finally:
+            self._pending.clear()
+            self._pending_positions.clear()
+            self._pending_bytes = 0
         self._writer.seal(force=seal)
         return written
 
@@ -206,10 +219,15 @@ class JournalIngester:
                         continue
                     break
                 chunk = _CHUNK
-                total += self._write(records, name, pos + used)
+                self._pending += records
                 pos += used
-                self._positions[name] = pos
+                self._pending_positions[name] = pos
+                self._pending_bytes += used
+                if self._pending_bytes >= _CHUNK:
+                    total += self._flush()
             if writer_gone:
+                # Its records must be in the store before the file goes.
+                total += self._flush()
                 size = os.fstat(fd).st_size
                 if pos < size:
                     log.warning("audit journal %s ends with %d unreadable bytes", name, size - pos)
@@ -220,13 +238,22 @@ class JournalIngester:
         finally:
             os.close(fd)
 
-    def _write(self, records: list[list[Any]], name: str, position: int) -> int:
+    def _flush(self) -> int:
+        """Write the pending records with their files' positions; the records written."""
+        if not self._pending_positions:
+            return 0
+        records = self._pending
+        positions = self._pending_positions
         batch = to_batch(records, self._writer.timestamp)
         try:
-            skipped = self._writer.write(batch, name, position)
+            skipped = self._writer.write(batch, positions)
         finally:
             if self.observers:
                 self._publish()
+        self._positions.update(positions)
+        self._pending = []
+        self._pending_positions = {}
+        self._pending_bytes = 0
         # Counted in journal records: an outcome merged into its command's row counts too.
         self.stats.records += len(records) - skipped
         self.stats.dropped += skipped

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -314,13 +314,14 @@ class StoreWriter:
         finally:
             cur.close()
 
-    def write(self, batch: Batch, journal: str, position: int) -> int:
-        """Write `batch` and the journal position in one transaction; records skipped.
+    def write(self, batch: Batch, positions: Mapping[str, int]) -> int:
+        """Write `batch` and the journal positions it reaches in one transaction; records
+        skipped.
 
-        Raises on a store failure (the caller retries later: the journal keeps the records).
+        Raises on a store failure (the caller retries later: the journals keep the records).
         """
         try:
-            self._write(batch, journal, position)
+            self._write(batch, positions)
             return 0
         except Exception as exc:
             if not isinstance(exc, self._dbapi.IntegrityError):
@@ -333,14 +334,14 @@ class StoreWriter:
                 single = Batch()
                 getattr(single, kind).append(row)
                 try:
-                    self._write(single, None, 0)
+                    self._write(single, {})
                 except Exception as exc:
                     if not isinstance(exc, self._dbapi.IntegrityError):
                         self.disconnect(invalidate=True)
                         raise
                     skipped += 1
                     log.warning("audit record skipped (%s): %s", kind, _first_line(exc))
-        self._write(Batch(), journal, position)
+        self._write(Batch(), positions)
         return skipped
 
     def seal(self, *, force: bool = False) -> None:
@@ -348,10 +349,10 @@ class StoreWriter:
         chain = self._chain
         if chain is None or not chain.attached or not (force or chain.seal_due()):
             return
-        self._write(Batch(), None, 0, force_seal=True)
+        self._write(Batch(), {}, force_seal=True)
 
     def _write(
-        self, batch: Batch, journal: str | None, position: int, *, force_seal: bool = False
+        self, batch: Batch, positions: Mapping[str, int], *, force_seal: bool = False
     ) -> None:
         if self._conn is None:
             self.connect()
@@ -368,7 +369,7 @@ class StoreWriter:
                 chain.begin()
                 self._write_chained(cur, batch, chain)
                 chain.write(cur, force_seal=force_seal)
-            if journal is not None:
+            for journal, position in positions.items():
                 cur.execute(sql.save_position, (position, journal))
                 if cur.rowcount == 0:
                     cur.execute(sql.add_position, (journal, position))

@@ -24,7 +24,7 @@ from lockgate.audit import journal
 from lockgate.audit.ingest import JournalIngester, catch_up, to_batch
 from lockgate.audit.recorder import AuditRecorder
 from lockgate.audit.tables import commands, journal_positions, refusals, sessions
-from lockgate.audit.writer import StoreGone, StoreWriter
+from lockgate.audit.writer import Batch, StoreGone, StoreWriter
 from lockgate.model import ClientInfo, SessionEnd
 
 REFUSED_FROM = ClientInfo("192.0.2.7:40000", "postgres")
@@ -170,7 +170,7 @@ async def test_replay_after_a_crash_between_commit_and_delete(
 
     # An ingester committed the first 4 records with their position, then died.
     writer = StoreWriter(engine)
-    assert writer.write(to_batch(records[:4], writer.timestamp), path.name, ends[3]) == 0
+    assert writer.write(to_batch(records[:4], writer.timestamp), {path.name: ends[3]}) == 0
     writer.disconnect()
     assert counts(reader) == (1, 3, 0)
 
@@ -187,7 +187,7 @@ async def test_replay_after_a_crash_between_commit_and_delete(
     (path,) = journal_files(journal_dir)
     records, end = journal.decode(path.read_bytes())
     writer = StoreWriter(engine)
-    writer.write(to_batch(records, writer.timestamp), path.name, end)
+    writer.write(to_batch(records, writer.timestamp), {path.name: end})
     writer.disconnect()
     assert JournalIngester(engine, journal_dir).ingest_once() == 0
     assert not path.exists()
@@ -397,9 +397,44 @@ async def test_a_command_journaled_twice_in_one_batch_is_stored_once(
     records.insert(2, list(records[1]))
     writer = StoreWriter(engine)
     try:
-        assert writer.write(to_batch(records, writer.timestamp), path.name, end) == 1
+        assert writer.write(to_batch(records, writer.timestamp), {path.name: end}) == 1
     finally:
         writer.disconnect()
     assert counts(reader) == (1, 3, 1)
     stored = {r.seq: r.finished_at for r in rows(reader, commands)}
     assert stored[1] is not None and stored[2] is None and stored[3] is None
+
+
+async def test_one_pass_writes_every_journal_in_one_transaction(
+    engine: Engine, reader: Engine, journal_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers' journals: one store write per pass, with both files' positions."""
+    recs = [await open_recorder(engine, journal_dir) for _ in range(2)]
+    for i, rec in enumerate(recs):
+        await record_session(rec, f"s-{i}")
+    files = journal_files(journal_dir)
+    assert len(files) == 2
+    ingester = JournalIngester(engine, journal_dir)
+    writes: list[dict[str, int]] = []
+    real = ingester._writer.write
+
+    def counted(batch: Batch, positions: dict[str, int]) -> int:
+        writes.append(dict(positions))
+        return real(batch, positions)
+
+    monkeypatch.setattr(ingester._writer, "write", counted)
+    try:
+        assert ingester.ingest_once() == 12
+        assert writes == [{f.name: f.stat().st_size for f in files}]
+        assert positions(reader) == writes[0]
+        assert counts(reader) == (2, 6, 2)
+        # The store refuses the next pass: neither file's position moves, nothing is lost.
+        for i, rec in enumerate(recs):
+            await record_session(rec, f"t-{i}")
+        execute(engine, "DROP TABLE refusals")
+        with pytest.raises(Exception, match="refusals"):
+            ingester.ingest_once()
+        assert positions(reader) == writes[0]
+    finally:
+        for rec in recs:
+            await rec.close()

@@ -139,7 +139,7 @@ def test_a_rejected_record_is_skipped_alone(pg_engine: Engine, tmp_path: Path) -
     w.close()
     writer = StoreWriter(pg_engine)
     decoded, end = journal.decode(w.path.read_bytes())
-    assert writer.write(to_batch(decoded, writer.timestamp), w.path.name, end) == 2
+    assert writer.write(to_batch(decoded, writer.timestamp), {w.path.name: end}) == 2
     assert writer.position(w.path.name) == end
     writer.disconnect()
     assert sorted((c.session_id, c.seq) for c in rows(pg_engine, commands)) == [
