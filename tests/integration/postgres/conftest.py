@@ -146,6 +146,28 @@ def local_resource(name: str, database: str, host: str, port: int, user: str) ->
     }
 
 
+def jit_manifest(
+    port: int, database: str, pg: tuple[str, int, str], *, access_first: tuple[Any, ...] = ()
+) -> dict[str, Any]:
+    """`itdb` open to group `it`, `jitdb` to `it` with an approved grant (`access_first` goes
+    before both); live sessions are re-checked every second."""
+    host, pgport, user = pg
+    manifest = base_manifest(
+        port,
+        [
+            local_resource("itdb", database, host, pgport, user),
+            local_resource("jitdb", database, host, pgport, user),
+        ],
+        access=[
+            *access_first,
+            {"name": "it-group", "resources": ["itdb"], "groups": ["it"]},
+            {"name": "jit", "resources": ["jitdb"], "groups": ["it"], "requires_grant": True},
+        ],
+    )
+    manifest["identity"] = {"sessions": {"check_interval": "1s"}}
+    return manifest
+
+
 @pytest.fixture(scope="module")
 def it_database(pg_server: tuple[str, int, str]) -> Iterator[str]:
     """A fresh database on the real server for one test module; dropped afterwards."""

@@ -18,8 +18,7 @@ from tests.conftest import free_port
 from tests.integration.postgres.conftest import (
     RunningGateway,
     Wire,
-    base_manifest,
-    local_resource,
+    jit_manifest,
     run_direct,
     start_gateway,
 )
@@ -32,20 +31,13 @@ TOMORROW = {"days": [DAYS[(datetime.now(UTC).weekday() + 1) % 7]], "timezone": "
 
 
 def _manifest(port: int, database: str, pg: tuple[str, int, str]) -> dict[str, Any]:
-    host, pgport, user = pg
-    manifest = base_manifest(
-        port,
-        [
-            local_resource("itdb", database, host, pgport, user),
-            local_resource("jitdb", database, host, pgport, user),
-        ],
-        access=[
-            {"name": "night-shift", "resources": ["itdb"], "groups": ["night"], "when": TOMORROW},
-            {"name": "it-group", "resources": ["itdb"], "groups": ["it"]},
-            {"name": "jit", "resources": ["jitdb"], "groups": ["it"], "requires_grant": True},
-        ],
-    )
-    manifest["identity"] = {"sessions": {"check_interval": "1s"}}
+    night_shift = {
+        "name": "night-shift",
+        "resources": ["itdb"],
+        "groups": ["night"],
+        "when": TOMORROW,
+    }
+    manifest = jit_manifest(port, database, pg, access_first=(night_shift,))
     manifest["guardrails"] = {
         "rules": [{"name": "hold-payments", "match": {"writes": ["payments"]}, "action": "review"}]
     }

@@ -22,8 +22,7 @@ from tests.conftest import free_port
 from tests.integration.postgres.conftest import (
     RunningGateway,
     Wire,
-    base_manifest,
-    local_resource,
+    jit_manifest,
     run_direct,
     start_gateway,
     wait_request,
@@ -80,19 +79,7 @@ def hooks() -> Iterator[_Hooks]:
 
 
 def _manifest(port: int, database: str, pg: tuple[str, int, str], hook_url: str) -> dict[str, Any]:
-    host, pgport, user = pg
-    manifest = base_manifest(
-        port,
-        [
-            local_resource("itdb", database, host, pgport, user),
-            local_resource("jitdb", database, host, pgport, user),
-        ],
-        access=[
-            {"name": "it-group", "resources": ["itdb"], "groups": ["it"]},
-            {"name": "jit", "resources": ["jitdb"], "groups": ["it"], "requires_grant": True},
-        ],
-    )
-    manifest["identity"] = {"sessions": {"check_interval": "1s"}}
+    manifest = jit_manifest(port, database, pg)
     manifest["guardrails"] = {
         "rules": [
             {"name": "hold-payments", "match": {"writes": ["payments"]}, "action": "review"},
