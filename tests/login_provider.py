@@ -7,17 +7,14 @@ the gateway trusts them like any other token of that issuer.
 
 from __future__ import annotations
 
-import json
 import secrets
 import subprocess
 import sys
-import threading
 import urllib.parse
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from tests.identity_provider import TestIssuer, authorization_code
+from tests.identity_provider import JsonHandler, LoopbackServer, TestIssuer, authorization_code
 
 LOCKGATE = [sys.executable, "-m", "lockgate.cli"]
 
@@ -43,7 +40,7 @@ class LoginEndpoints:
         self.authorizations: list[str | None] = []
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode()))
@@ -57,24 +54,8 @@ class LoginEndpoints:
                 else:
                     self._send(404, {"error": "not_found"})
 
-            def _send(self, status: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
+        self._http = LoopbackServer(Handler)
+        self.url = self._http.url
         issuer.discovery_extra.update(
             {
                 "authorization_endpoint": f"{self.url}/authorize",
@@ -84,9 +65,7 @@ class LoginEndpoints:
         )
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
+        self._http.close()
 
     def id_token(self, ttl: int | None = None) -> str:
         """An ID token of this issuer for the client (negative `ttl`: already expired)."""
