@@ -1,4 +1,5 @@
-"""Fixtures for identity tests: a manifest with its own state dir and SQLite store."""
+"""Fixtures for identity tests: a manifest with its own state dir and SQLite store; a test
+OIDC issuer (`idp`, one RS256 key) and its login endpoints."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import Engine
+from tests.identity_provider import TestIssuer
+from tests.login_provider import LoginEndpoints
 
 from lockgate.config.model import Manifest, State
 from lockgate.identity.tokens import GatewayTokenAuthority
@@ -31,3 +34,18 @@ def engine(manifest: Manifest) -> Iterator[Engine]:
 @pytest.fixture
 def authority(manifest: Manifest, engine: Engine) -> GatewayTokenAuthority:
     return GatewayTokenAuthority(manifest, engine)
+
+
+@pytest.fixture
+def idp() -> Iterator[TestIssuer]:
+    issuer = TestIssuer()
+    issuer.add_key("RS256", kid="rsa-1")
+    yield issuer
+    issuer.close()
+
+
+@pytest.fixture
+def endpoints(idp: TestIssuer) -> Iterator[LoginEndpoints]:
+    served = LoginEndpoints(idp)
+    yield served
+    served.close()

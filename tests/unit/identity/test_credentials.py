@@ -4,30 +4,13 @@ from __future__ import annotations
 
 import json
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.identity_provider import TestIssuer
 from tests.login_provider import LoginEndpoints
 
 from lockgate.identity import credentials as store
 from lockgate.identity.login import LoginFailed, id_token_claims
-
-
-@pytest.fixture
-def idp() -> Iterator[TestIssuer]:
-    issuer = TestIssuer()
-    issuer.add_key("RS256", kid="rsa-1")
-    yield issuer
-    issuer.close()
-
-
-@pytest.fixture
-def endpoints(idp: TestIssuer) -> Iterator[LoginEndpoints]:
-    served = LoginEndpoints(idp)
-    yield served
-    served.close()
 
 
 @pytest.fixture

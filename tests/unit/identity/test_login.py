@@ -8,7 +8,6 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 
 import pytest
 from tests.identity_provider import TestIssuer, authorization_code, mock_provider
@@ -30,22 +29,6 @@ from lockgate.identity.login import (
     s256,
     start_device,
 )
-
-
-@pytest.fixture
-def idp() -> Iterator[TestIssuer]:
-    issuer = TestIssuer()
-    issuer.add_key("RS256", kid="rsa-1")
-    yield issuer
-    issuer.close()
-
-
-@pytest.fixture
-def endpoints(idp: TestIssuer) -> Iterator[LoginEndpoints]:
-    served = LoginEndpoints(idp)
-    yield served
-    served.close()
-
 
 PROVIDER = Provider(
     "https://idp.example.com", "https://idp.example.com/auth", "https://idp.example.com/token"

@@ -6,7 +6,6 @@ import base64
 import hashlib
 import hmac
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import jwt
@@ -42,14 +41,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-def idp() -> Iterator[TestIssuer]:
-    issuer = TestIssuer()
-    issuer.add_key("RS256", kid="rsa-1")
-    yield issuer
-    issuer.close()
 
 
 def settings(idp: TestIssuer, **overrides: Any) -> OIDCIssuer:
