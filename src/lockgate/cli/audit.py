@@ -12,6 +12,7 @@ from lockgate.cli.audit_format import (
     duration_text,
     engine_for,
     jsonable,
+    load_session,
     parse_since,
     print_table,
     read_failed,
@@ -21,8 +22,7 @@ from lockgate.cli.audit_format import (
     when,
 )
 from lockgate.cli.audit_trail import AUDIT_COMMANDS, replay_cmd
-from lockgate.cli.common import config_option, fail, print_json
-from lockgate.errors import LockgateError
+from lockgate.cli.common import config_option, print_json
 
 _NO_SESSIONS = "no sessions recorded yet; connect through the gateway first"
 _NO_MATCH = "no sessions match these filters; widen them (e.g. a longer --since) or drop some"
@@ -146,19 +146,9 @@ def sessions_cmd(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 def show_cmd(config_path: Path, store_url: str | None, session_id: str, as_json: bool) -> None:
     """Show one session (id or unique id prefix) and the statements it ran."""
-    from lockgate.audit.query import get_session
-
-    engine = engine_for(config_path, store_url)
-    try:
-        found = get_session(engine, session_id)
-    except LockgateError as exc:
-        fail(exc.message, exc.hint)
-    except SQLAlchemyError as exc:
-        read_failed(exc)
-    finally:
-        engine.dispose()
-    if found is None:
-        fail(f"no session {session_id!r}", "list sessions with `lockgate audit sessions`")
+    found = load_session(
+        config_path, store_url, session_id, "list sessions with `lockgate audit sessions`"
+    )
     if as_json:
         print_json(jsonable(found))
         return

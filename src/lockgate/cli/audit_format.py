@@ -58,6 +58,27 @@ def open_store(config_path: Path, store_url: str | None) -> tuple[Engine, Manife
         )
 
 
+def load_session(
+    config_path: Path, store_url: str | None, session_id: str, find_hint: str
+) -> dict[str, Any]:
+    """One session (id or unique id prefix) with its commands, or exit with an error."""
+    from lockgate.audit.query import get_session
+    from lockgate.errors import LockgateError
+
+    engine = engine_for(config_path, store_url)
+    try:
+        found = get_session(engine, session_id)
+    except LockgateError as exc:
+        fail(exc.message, exc.hint)
+    except SQLAlchemyError as exc:
+        read_failed(exc)
+    finally:
+        engine.dispose()
+    if found is None:
+        fail(f"no session {session_id!r}", find_hint)
+    return found
+
+
 def read_failed(exc: SQLAlchemyError) -> NoReturn:
     orig = getattr(exc, "orig", None)
     detail = str(orig).strip().splitlines()[0] if orig is not None and str(orig).strip() else ""

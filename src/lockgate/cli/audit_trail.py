@@ -12,6 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from lockgate.cli.audit_format import (
     duration_text,
     jsonable,
+    load_session,
     open_store,
     parse_since,
     print_table,
@@ -266,19 +267,9 @@ def holds_cmd(config_path: Path, store_url: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 def replay_cmd(config_path: Path, store_url: str | None, session_id: str, as_json: bool) -> None:
     """Replay a session's statements in order: decision, parameters, rows returned, error."""
-    from lockgate.audit.query import get_session
-
-    engine, _ = open_store(config_path, store_url)
-    try:
-        found = get_session(engine, session_id)
-    except LockgateError as exc:
-        fail(exc.message, exc.hint)
-    except SQLAlchemyError as exc:
-        read_failed(exc)
-    finally:
-        engine.dispose()
-    if found is None:
-        fail(f"no session {session_id!r}", "find one with `lockgate audit sessions` or `search`")
+    found = load_session(
+        config_path, store_url, session_id, "find one with `lockgate audit sessions` or `search`"
+    )
     if as_json:
         from lockgate.cli.replay_results import result_json
 
