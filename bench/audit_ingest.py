@@ -1,7 +1,7 @@
 """CPU cost of recording one statement: the worker's journal encoding and the ingester's work.
 
 Usage: .venv/bin/python bench/audit_ingest.py [--url postgresql://…] [--statements 30000]
-       [--batch 150] [--profile]
+       [--batch 150] [--journals 1] [--profile]
 
 Records statements shaped like `pgbench -S -M prepared` through Lockgate (a command with
 one parameter, its outcome with a small captured result) with a real `AuditRecorder` into a
@@ -48,10 +48,14 @@ SESSIONS = 16
 
 
 class Load:
-    """Sessions of the load, opened once; `batch` statements at a time."""
+    """Sessions of the load, opened once; `batch` statements at a time.
 
-    def __init__(self, rec: AuditRecorder) -> None:
-        self.rec = rec
+    With several recorders (worker processes, each with its own journal file), the sessions
+    are spread over them.
+    """
+
+    def __init__(self, *recs: AuditRecorder) -> None:
+        self.recs = recs
         self.sids = [f"bench-{i:04d}-{time.time_ns()}" for i in range(SESSIONS)]
         self.seqs = dict.fromkeys(self.sids, 0)
         self.allow = Decision(DecisionKind.ALLOW, "read-only", "select on pgbench_accounts")
@@ -59,8 +63,8 @@ class Load:
 
     async def open(self) -> None:
         client = ClientInfo("127.0.0.1:5000", "postgres", "bench", "pgbench")
-        for sid in self.sids:
-            await self.rec.session_started(
+        for i, sid in enumerate(self.sids):
+            await self.recs[i % len(self.recs)].session_started(
                 Session(
                     sid, Principal("bench", frozenset({"eng"})), "pgb", client, datetime.now(UTC)
                 )
@@ -68,9 +72,10 @@ class Load:
 
     async def batch(self, size: int) -> float:
         """Record `size` statements; the recorder's CPU seconds."""
-        rec = self.rec
+        recs = self.recs
         t0 = time.process_time()
         for _ in range(size):
+            rec = recs[self.n % SESSIONS % len(recs)]
             sid = self.sids[self.n % SESSIONS]
             self.n += 1
             self.seqs[sid] += 1
@@ -85,7 +90,8 @@ class Load:
             rec.command_finished(
                 sid, seq, ResultSummary(1, "SELECT 1", None, None, 71, 0.12, result)
             )
-        await rec.sync()  # the outcomes ride along with the next write: make it now
+        for rec in recs:
+            await rec.sync()  # the outcomes ride along with the next write: make it now
         return time.process_time() - t0
 
 
@@ -95,23 +101,30 @@ def main() -> None:
     ap.add_argument("--statements", type=int, default=30_000)
     ap.add_argument("--batch", type=int, default=150, help="statements per ingester pass")
     ap.add_argument("--profile", action="store_true", help="cProfile the ingester")
+    ap.add_argument(
+        "--journals", type=int, default=1, help="recorders (worker journal files) in the load"
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         url = args.url or f"sqlite:///{Path(tmp) / 'state' / 'lockgate.db'}"
         engine = open_engine(url)
         folder = Path(tmp) / "state" / "journal"
-        rec = AuditRecorder(engine, folder, ingest=False, rotate_bytes=1 << 40)
+        recs = [
+            AuditRecorder(engine, folder, ingest=False, rotate_bytes=1 << 40)
+            for _ in range(args.journals)
+        ]
         ingester = JournalIngester(engine, folder)
         ingester.try_lock()
         ingester.ingest_once()  # connect, create the chain, sign nothing yet
 
         async def run() -> tuple[list[float], list[float], int]:
-            await rec.start()
+            for rec in recs:
+                await rec.start()
             worker: list[float] = []
             ingest: list[float] = []
             done = 0
             prof = cProfile.Profile() if args.profile else None
-            load = Load(rec)
+            load = Load(*recs)
             await load.open()
             ingester.ingest_once()
             # Alternate: record one batch, ingest it (as the supervisor does under load).
@@ -125,7 +138,8 @@ def main() -> None:
                     prof.disable()
                 ingest.append(time.process_time() - t0)
                 done += args.batch
-            await rec.close()
+            for rec in recs:
+                await rec.close()
             if prof is not None:
                 pstats.Stats(prof).sort_stats("tottime").print_stats(25)
             return worker, ingest, done
@@ -143,7 +157,7 @@ def main() -> None:
 
     print(f"worker µs/statement: {figure(worker)}; ingester µs/statement: {figure(ingest)}")
     print(
-        f"audit_ingest: statements={done} batch={args.batch} "
+        f"audit_ingest: statements={done} batch={args.batch} journals={args.journals} "
         f"worker_us_per_stmt={statistics.quantiles(worker, n=10)[0] * per:.1f} "
         f"ingester_us_per_stmt={statistics.quantiles(ingest, n=10)[0] * per:.1f}"
     )
