@@ -156,14 +156,19 @@ async def test_replay_by_a_new_ingester_writes_no_duplicates(
         await rec.close()
 
 
-async def test_replay_after_a_crash_between_commit_and_delete(
-    engine: Engine, reader: Engine, journal_dir: Path
-) -> None:
+async def journaled_session(engine: Engine, journal_dir: Path) -> tuple[Path, bytes]:
+    """`record_session` by a gateway that then stopped: its journal file and bytes."""
     rec = await open_recorder(engine, journal_dir)
     await record_session(rec)
     await rec.close()
     (path,) = journal_files(journal_dir)
-    data = path.read_bytes()
+    return path, path.read_bytes()
+
+
+async def test_replay_after_a_crash_between_commit_and_delete(
+    engine: Engine, reader: Engine, journal_dir: Path
+) -> None:
+    path, data = await journaled_session(engine, journal_dir)
     records, end = journal.decode(data)
     ends = frame_ends(data)
     assert ends[-1] == end == len(data) and len(ends) == len(records) == 6
@@ -386,11 +391,8 @@ async def test_a_command_journaled_twice_in_one_batch_is_stored_once(
     engine: Engine, reader: Engine, journal_dir: Path
 ) -> None:
     """The outcome merges into the command's row; the repeat is skipped, not a stuck batch."""
-    rec = await open_recorder(engine, journal_dir)
-    await record_session(rec)
-    await rec.close()
-    (path,) = journal_files(journal_dir)
-    records, end = journal.decode(path.read_bytes())
+    path, data = await journaled_session(engine, journal_dir)
+    records, end = journal.decode(data)
     kinds = [r[0] for r in records]
     assert kinds == ["S", "C", "C", "C", "F", "R"]
     # The first command again, before its outcome (a writer that retried an append).
