@@ -383,7 +383,7 @@ class PgRelay:
                 portal = ""
                 params = None
                 if t == _Q:
-                    text = m.message_cstring(buf, off + 5, end)
+                    text = m.read_cstring(buf, off + 5, end)[0]
                 elif t == _F:
                     # The fastpath function call (libpq's large-object calls): a command too.
                     oid = int.from_bytes(buf[off + 5 : off + 9], "big") if end - off >= 9 else 0
@@ -656,7 +656,7 @@ class PgRelay:
                         write(buf[flushed:off])
                     write(head.local)
                     flushed = end
-                tag = m.message_cstring(buf, off + 5, end)
+                tag = m.read_cstring(buf, off + 5, end)[0]
                 rows = m.command_tag_rows(tag)
                 if cap is not None:
                     cap.completed(head.capture, buf[off:end], rows)

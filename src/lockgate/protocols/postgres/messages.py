@@ -282,32 +282,27 @@ def parse_error_fields(payload: bytes) -> dict[str, str]:
     return out
 
 
-def read_cstring(payload: bytes | memoryview, pos: int) -> tuple[str, int]:
-    """Read a null-terminated UTF-8 string at `pos`: (text, position after the null)."""
+def read_cstring(
+    payload: bytes | bytearray | memoryview, pos: int, end: int | None = None
+) -> tuple[str, int]:
+    """Read a null-terminated UTF-8 string at `pos`: (text, position after the null).
+
+    `end` bounds the search (default: the end of `payload`), so a message body inside a
+    larger buffer is read in place, without slicing it out first.
+    """
     data = bytes(payload) if isinstance(payload, memoryview) else payload
-    end = data.find(b"\x00", pos)
-    if end < 0:
-        raise ProtocolViolation("unterminated string in message")
-    try:
-        return data[pos:end].decode("utf-8"), end + 1
-    except UnicodeDecodeError as exc:
-        raise ProtocolViolation("string in message is not valid UTF-8") from exc
-
-
-def message_cstring(buf: bytes | bytearray, start: int, end: int) -> str:
-    """The null-terminated UTF-8 string at `buf[start:end]` (a message body), unsliced."""
-    nul = buf.find(b"\x00", start, end)
+    nul = data.find(b"\x00", pos, len(data) if end is None else end)
     if nul < 0:
         raise ProtocolViolation("unterminated string in message")
     try:
-        return buf[start:nul].decode("utf-8")
+        return data[pos:nul].decode("utf-8"), nul + 1
     except UnicodeDecodeError as exc:
         raise ProtocolViolation("string in message is not valid UTF-8") from exc
 
 
 def parse_query(payload: bytes) -> str:
     """SQL text of a Query ('Q') message."""
-    return message_cstring(payload, 0, len(payload))
+    return read_cstring(payload, 0)[0]
 
 
 @dataclass(frozen=True, slots=True)

@@ -279,6 +279,10 @@ def test_read_cstring_and_parse_query() -> None:
     assert m.read_cstring(b"ab\x00cd\x00", 0) == ("ab", 3)
     assert m.read_cstring(b"ab\x00cd\x00", 3) == ("cd", 6)
     assert m.read_cstring(memoryview(b"\x00"), 0) == ("", 1)
+    # A body read in place in a larger buffer: the null must come before `end`.
+    assert m.read_cstring(bytearray(b"Qab\x00Qcd\x00"), 1, 4) == ("ab", 4)
+    with pytest.raises(m.ProtocolViolation):
+        m.read_cstring(b"Qab" + b"Qcd\x00", 1, 3)
     assert m.parse_query("select 'é'\x00".encode()) == "select 'é'"
     with pytest.raises(m.ProtocolViolation):
         m.parse_query(b"select 1")
