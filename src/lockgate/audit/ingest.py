@@ -296,12 +296,8 @@ def to_batch(records: list[list[Any]], ts: Any) -> Batch:
         kind = r[0]
         if kind == "C":
             # [C, session, seq, at, text, kind, tables, params, decision, rule, reason]
-            params = r[7]
-            if params is not None and not isinstance(params, str):
-                params = _dumps(params).decode()
-            tables = r[6]
-            if not isinstance(tables, str):
-                tables = _dumps(tables).decode()
+            params = None if r[7] is None else _json(r[7])
+            tables = _json(r[6])
             # A repeat (rejected as a duplicate) must not take the outcome from the first.
             started.setdefault((r[1], r[2]), len(cmd_rows))
             # The statement alone; its outcome (or _NO_OUTCOME) is joined on below.
