@@ -484,16 +484,10 @@ class ChainWriter:
         self, kind: str, session_id: str | None, item: int | None, row: Mapping[str, Any]
     ) -> None:
         """Chain one event whose values `row` holds by column name."""
-        digest = event_digest(kind, row)
-        seq, prev = self._head
-        seq += 1
-        h = link(prev, digest)
-        self._head = (seq, h)
-        self._events.append((self.chain_id, seq, kind, session_id, item, digest, h))
+        text = row["text"] if kind == "C" else None
+        seq, h = self._link(kind, session_id, item, event_digest(kind, row), text)
         if self.collect:
             self._out.append((kind, seq, h, row))
-        if kind == "C" and self._sqlite:
-            self._fts.append(((self.chain_id << FTS_SHIFT) | seq, row["text"], session_id, item))
 
     def add_row(
         self,
@@ -509,15 +503,22 @@ class ChainWriter:
 
         `text` is a command's statement, for the search index.
         """
-        digest = layout.digest(row)
-        seq = self._head[0] + 1
-        h = link(self._head[1], digest)
-        self._head = (seq, h)
-        self._events.append((self.chain_id, seq, kind, session_id, item, digest, h))
+        seq, h = self._link(kind, session_id, item, layout.digest(row), text)
         if self.collect:
             self._out.append((kind, seq, h, dict(zip(columns, row, strict=True))))
+
+    def _link(
+        self, kind: str, session_id: str | None, item: int | None, digest: bytes, text: str | None
+    ) -> tuple[int, bytes]:
+        """Append an event with `digest` to the chain (and `text` to the search index)."""
+        seq, prev = self._head
+        seq += 1
+        h = link(prev, digest)
+        self._head = (seq, h)
+        self._events.append((self.chain_id, seq, kind, session_id, item, digest, h))
         if text is not None and self._sqlite:
             self._fts.append(((self.chain_id << FTS_SHIFT) | seq, text, session_id, item))
+        return seq, h
 
     def write(self, cur: Any, *, force_seal: bool = False) -> None:
         """Insert this transaction's events (and a checkpoint when one is due)."""
