@@ -8,10 +8,15 @@ import inspect
 import random
 
 import asyncssh
+import pytest
+from asyncssh.encryption import GCMEncryption
 
 from lockgate.proxy.ssh_transport import (
+    MSG_CHANNEL_DATA,
     CoalescingTransport,
     InputBuffer,
+    _Padding,
+    _send_data,
     buffer_input,
     coalesce_writes,
     drop_empty_ignores,
@@ -267,3 +272,87 @@ def test_packet_logs_are_skipped_only_while_asyncssh_packet_logging_is_off() -> 
     finally:
         asyncssh.set_debug_level(level)
     assert not hasattr(loud, "log_sent_packet")
+
+
+class _Collect:
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(data)
+
+
+def _sending_conn(enc: object, seq: int) -> object:
+    """The attributes of an asyncssh connection that the short way of sending reads."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        _send_encryption=enc,
+        _transport=_Collect(),
+        _compressor=None,
+        _kex_complete=True,
+        _auth_complete=True,
+        _rekey_bytes_sent=0,
+        _rekey_bytes=1 << 30,
+        _rekey_seconds=0,
+        _rekey_time=0.0,
+        _send_blocksize=16 if isinstance(enc, GCMEncryption) else 8,
+        _send_enchdrlen=1,
+        _send_seq=seq,
+    )
+
+
+@pytest.mark.parametrize("alg", ["aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com"])
+def test_channel_data_sent_the_short_way_is_what_asyncssh_s_receiver_decrypts(alg: str) -> None:
+    from asyncssh.encryption import get_encryption, get_encryption_params
+
+    key_size, iv_size, *_ = get_encryption_params(alg.encode())
+    rng = random.Random(alg)
+    key, iv = rng.randbytes(key_size), rng.randbytes(iv_size)
+
+    def encryption() -> object:
+        return get_encryption(alg.encode(), key, iv)
+
+    sending, receiving = encryption(), encryption()
+    conn = _sending_conn(sending, seq=41)
+    padding = _Padding()
+    sent = 0
+    for n in (0, 1, 15, 16, 1000, 32768, 131072):
+        data = rng.randbytes(n)
+        args = ((7).to_bytes(4, "big"), len(data).to_bytes(4, "big") + data)
+        seq = conn._send_seq  # type: ignore[attr-defined]
+        assert _send_data(conn, args, padding)
+        wire = b"".join(conn._transport.parts)  # type: ignore[attr-defined]
+        conn._transport.parts.clear()  # type: ignore[attr-defined]
+        # What asyncssh's _recv_pkthdr and _recv_packet do with it.
+        first, length = receiving.decrypt_header(seq, wire[:8], 4)
+        pktlen = int.from_bytes(length, "big")
+        assert len(wire) == 4 + pktlen + 16
+        packet = receiving.decrypt_packet(seq, first, wire[8 : 4 + pktlen], 4, wire[4 + pktlen :])
+        assert packet is not None, n
+        padlen = packet[0]
+        block = conn._send_blocksize  # type: ignore[attr-defined]
+        assert 4 <= padlen < 4 + block and pktlen % block == 0
+        sent += pktlen
+        assert packet[1:-padlen] == bytes([MSG_CHANNEL_DATA]) + b"".join(args)
+        assert conn._send_seq == seq + 1  # type: ignore[attr-defined]
+    assert conn._rekey_bytes_sent == sent  # type: ignore[attr-defined]  # counts towards rekeying
+
+
+def test_the_short_way_leaves_anything_unusual_to_asyncssh() -> None:
+    from asyncssh.encryption import get_encryption
+
+    gcm = get_encryption(b"aes128-gcm@openssh.com", bytes(16), bytes(12))
+    args = (bytes(4), b"\0\0\0\1x")
+    assert not _send_data(_sending_conn(None, 0), args, _Padding())  # before encryption
+    for name, value in (
+        ("_compressor", object()),
+        ("_kex_complete", False),
+        ("_auth_complete", False),
+        ("_rekey_bytes_sent", 1 << 30),  # a key exchange is due: asyncssh starts it
+        ("_transport", None),
+    ):
+        conn = _sending_conn(gcm, 0)
+        setattr(conn, name, value)
+        assert not _send_data(conn, args, _Padding()), name
+        assert conn._send_seq == 0  # type: ignore[attr-defined]
