@@ -402,8 +402,9 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
             if ctx.gate.ssh_policy.has_command_rules(ctx.session.principal, ctx.resource.name):
                 self._line = _LineTracker()
         else:
-            self._raw = rec.RawLog(folder / str(self.seq), settings.log_cap_bytes)
-            if self.subsystem == "sftp":
+            sftp = self.subsystem == "sftp"
+            self._raw = rec.RawLog(folder / str(self.seq), settings.log_cap_bytes, whole=not sftp)
+            if sftp:
                 self._sftp = SftpGuard(ctx, self._reply_to_client)
         chan, _ = await ctx.upstream.create_session(lambda: _Upstream(self), **kwargs)
         skip_packet_logs(chan)

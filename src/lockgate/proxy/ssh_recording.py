@@ -5,7 +5,8 @@
   change and `[seconds, "i", text]` for input when the manifest records input. Any asciinema
   player plays it after `gunzip`; `lockgate ssh-replay SESSION` plays it in the terminal.
 * Exec and subsystem channels carry binary data (scp, sftp, tar...): each stream is kept raw
-  (`SEQ.in`, `SEQ.out`, `SEQ.err`) up to a size cap, while its SHA-256 covers all of it.
+  (`SEQ.in`, `SEQ.out`, `SEQ.err`) up to a size cap. An exec stream's SHA-256 covers all of
+  it; an SFTP stream's covers what is kept (its files have their own checksums).
 
 Each channel also gets `SEQ.json`, a summary with every file's size and checksum. The audit
 row of the channel's command (same session id, same seq) carries the summary's SHA-256 in its
@@ -189,21 +190,37 @@ class CastRecorder:
 
 
 class _Stream:
-    """One raw stream: hashed whole, kept up to `cap` bytes; the work runs on the thread."""
+    """One raw stream, kept up to `cap` bytes; the work runs on the thread.
 
-    __slots__ = ("add", "cap", "error", "feed", "file", "kept", "path", "sha", "total")
+    `whole`: its SHA-256 covers every byte (exec channels: the only fingerprint of what they
+    carried). Otherwise it covers the kept bytes, the log file itself, and the relay stops
+    handing bytes over at the cap and only counts the rest: SFTP channels, whose files are
+    hashed one by one, where a digest of the protocol stream past the log would vouch for
+    nothing the gateway keeps, and would cost a second SHA-256 pass over every file byte.
+    """
 
-    def __init__(self, path: Path, cap: int) -> None:
+    __slots__ = ("add", "cap", "error", "feed", "file", "handed", "kept", "path", "sha", "total")
+
+    def __init__(self, path: Path, cap: int, *, whole: bool = True) -> None:
         self.path = path
         self.cap = cap
         self.file: IO[bytes] | None = None
         self.sha = hashlib.sha256()
         self.total = 0
         self.kept = 0
+        # Bytes the relay saw, when they are not all handed over (counted on the loop).
+        self.handed: int | None = None if whole else 0
         self.error: OSError | None = None
         self.feed = OrderedFeed(self._consume)
         # The relay calls this per chunk: the bound method of the feed, nothing more.
-        self.add: Callable[[bytes], None] = self.feed.add
+        self.add: Callable[[bytes], None] = self.feed.add if whole else self._add_kept
+
+    def _add_kept(self, data: bytes) -> None:
+        assert self.handed is not None
+        room = self.cap - self.handed
+        self.handed += len(data)
+        if room > 0:
+            self.feed.add(data if len(data) <= room else data[:room])
 
     def _consume(self, batch: list[bytes]) -> None:
         data = joined(batch)
@@ -226,23 +243,26 @@ class _Stream:
             self.file.close()
         if self.error is not None:
             raise self.error
+        # `handed` is read here while the loop waits for this (`RawLog.close`).
+        total = self.total if self.handed is None else self.handed
         return {
             "file": self.path.name if self.kept else None,
-            "bytes": self.total,
+            "bytes": total,
             "kept": self.kept,
-            "truncated": self.kept < self.total,
+            "truncated": self.kept < total,
             "sha256": self.sha.hexdigest(),
+            "sha256_of": "stream" if self.handed is None else "kept",
         }
 
 
 class RawLog:
     """The raw, size-capped byte streams of one exec or subsystem channel."""
 
-    def __init__(self, base: Path, cap: int) -> None:
+    def __init__(self, base: Path, cap: int, *, whole: bool = True) -> None:
         self.base = base
-        self.input = _Stream(base.with_suffix(".in"), cap)
-        self.output = _Stream(base.with_suffix(".out"), cap)
-        self.stderr = _Stream(base.with_suffix(".err"), cap)
+        self.input = _Stream(base.with_suffix(".in"), cap, whole=whole)
+        self.output = _Stream(base.with_suffix(".out"), cap, whole=whole)
+        self.stderr = _Stream(base.with_suffix(".err"), cap, whole=whole)
 
     def close(self, extra: dict[str, Any]) -> str:
         """Close the streams and write their summary; returns the summary's SHA-256."""
