@@ -5,7 +5,7 @@ asyncssh writes every SSH packet to its transport on its own, and sends an empty
 packet costs two `send()` calls on each side. It keeps what it received in a `bytes`
 object and drops each parsed packet by slicing off the rest, copying everything after the
 packet once per packet: a 256 KiB socket read of eight 32 KiB packets is copied about
-eight times over. Three thin layers cut that down:
+eight times over. Thin layers cut that down:
 
 - `coalesce_writes` puts a layer between an asyncssh connection and its asyncio transport
   that hands what one turn of the event loop wrote to the transport at the end of the turn,
@@ -22,12 +22,14 @@ eight times over. Three thin layers cut that down:
   CBC-mode ciphers against chosen-plaintext attacks on their predictable IV; the gateway
   negotiates no CBC cipher on either side (asyncssh's defaults towards clients, AES-GCM,
   ChaCha20-Poly1305 or AES-CTR towards targets), where it only costs a packet's
-  padding, encryption and MAC, and half the packets on the wire.
+  padding, encryption and MAC, and half the packets on the wire. The same hook sends
+  channel data under an AEAD cipher itself (`_send_data`): one join, one encryption.
 
 They reach into asyncssh's connection: its `_transport` and `_inpbuf` attributes (set
-before the connection's owner hears of it) and its `send_packet` method, which sends the
-empty ignore packet through `self.send_packet`; `tests/unit/proxy/test_ssh_transport.py`
-fails if an asyncssh upgrade changes them.
+before the connection's owner hears of it), its `send_packet` method, which sends the
+empty ignore packet through `self.send_packet`, and the sending state `_send_data` reads
+and advances (sequence number, rekey byte count, the AEAD cipher's key and IV);
+`tests/unit/proxy/test_ssh_transport.py` fails if an asyncssh upgrade changes them.
 """
 
 from __future__ import annotations

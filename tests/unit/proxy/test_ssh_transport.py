@@ -203,9 +203,21 @@ def test_the_input_buffer_answers_as_asyncssh_s_bytes_buffer_would() -> None:
         assert bytes(mine) == theirs
 
 
-async def test_a_tuned_asyncssh_connection_carries_megabytes_intact() -> None:
+@pytest.mark.parametrize("alg", ["aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com"])
+async def test_a_tuned_asyncssh_connection_carries_megabytes_intact(
+    alg: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lockgate.proxy import ssh_transport
+
     key = asyncssh.generate_private_key("ssh-ed25519")
     tuned: list[bool] = []
+    short_way: list[bool] = []
+
+    def counting(conn: object, args: tuple[bytes, ...], padding: _Padding) -> bool:
+        short_way.append(_send_data(conn, args, padding))
+        return short_way[-1]
+
+    monkeypatch.setattr(ssh_transport, "_send_data", counting)
 
     def tune(conn: object) -> None:
         tuned.extend([coalesce_writes(conn), drop_empty_ignores(conn), buffer_input(conn)])
@@ -236,6 +248,7 @@ async def test_a_tuned_asyncssh_connection_carries_megabytes_intact() -> None:
         encoding=None,
         window=8 << 20,
         max_pktsize=128 << 10,
+        encryption_algs=[alg],
     )
     port = server.sockets[0].getsockname()[1]
     payload = random.Random(3).randbytes(6 << 20)
@@ -249,6 +262,8 @@ async def test_a_tuned_asyncssh_connection_carries_megabytes_intact() -> None:
         await server.wait_closed()
     assert tuned == [True] * 6
     assert done.stdout == hashlib.sha256(payload).digest() + payload[::-1]
+    # Both sides sent their data the short way (6 MiB in 32-128 KiB packets, each way).
+    assert short_way.count(True) >= 2 * 48
 
 
 def test_packet_logs_are_skipped_only_while_asyncssh_packet_logging_is_off() -> None:
