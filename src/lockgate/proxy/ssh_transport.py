@@ -24,11 +24,15 @@ eight times over. Thin layers cut that down:
   ChaCha20-Poly1305 or AES-CTR towards targets), where it only costs a packet's
   padding, encryption and MAC, and half the packets on the wire. The same hook sends
   channel data under an AEAD cipher itself (`_send_data`): one join, one encryption.
+- `decrypt_lean` swaps in leaner AES-GCM and ChaCha20-Poly1305 packet decryption after
+  each key exchange: one cipher context per ChaCha20 packet instead of two, the AES key
+  schedule kept, one join instead of two concatenations.
 
 They reach into asyncssh's connection: its `_transport` and `_inpbuf` attributes (set
 before the connection's owner hears of it), its `send_packet` method, which sends the
 empty ignore packet through `self.send_packet`, and the sending state `_send_data` reads
-and advances (sequence number, rekey byte count, the AEAD cipher's key and IV);
+and advances (sequence number, rekey byte count, the AEAD cipher's key and IV), and
+`send_newkeys` with the `_next_recv_encryption` it sets;
 `tests/unit/proxy/test_ssh_transport.py` fails if an asyncssh upgrade changes them.
 """
 
@@ -41,14 +45,17 @@ from typing import Any
 
 from asyncssh.encryption import ChachaEncryption, GCMEncryption
 from asyncssh.logging import SSHLogger
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.ciphers.algorithms import ChaCha20
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 
-# The asyncssh attributes that hold a connection's transport and its received bytes.
+# The asyncssh attributes that hold a connection's transport, its received bytes and the
+# decryption it takes up at the peer's next NEWKEYS.
 _ATTRIBUTE = "_transport"
 _INPUT = "_inpbuf"
+_NEXT_RECEIVE = "_next_recv_encryption"
 # SSH_MSG_IGNORE and the empty string asyncssh sends in it before every packet.
 MSG_IGNORE = 2
 EMPTY_STRING = b"\0\0\0\0"
@@ -170,8 +177,8 @@ def _send_data(conn: Any, args: tuple[bytes, ...], padding: _Padding) -> bool:
     packet logging on, no transport) goes asyncssh's own way.
     """
     enc = conn._send_encryption
-    kind = type(enc)
-    if kind is not GCMEncryption and kind is not ChachaEncryption:
+    gcm = isinstance(enc, GCMEncryption)
+    if not gcm and not isinstance(enc, ChachaEncryption):
         return False
     transport = conn._transport
     if (
@@ -193,7 +200,7 @@ def _send_data(conn: Any, args: tuple[bytes, ...], padding: _Padding) -> bool:
     header = pktlen.to_bytes(4, "big")
     seq = conn._send_seq
     cipher = enc._cipher
-    if kind is GCMEncryption:
+    if gcm:
         aead = cipher.__dict__.get("_lockgate_aead")
         if aead is None:
             aead = cipher._lockgate_aead = AESGCM(cipher._key)
@@ -222,6 +229,70 @@ def _send_data(conn: Any, args: tuple[bytes, ...], padding: _Padding) -> bool:
 
 def _chacha(key: bytes, nonce: bytes) -> Any:
     return Cipher(ChaCha20(key, nonce), mode=None).encryptor()
+
+
+class _LeanGCM(GCMEncryption):
+    """asyncssh's AES-GCM decryption with one join and a key schedule kept per key."""
+
+    def decrypt_packet(
+        self, seq: int, first: bytes, rest: bytes, header_len: int, mac: bytes
+    ) -> bytes | None:
+        cipher: Any = self._cipher
+        aead = cipher.__dict__.get("_lockgate_aead")
+        if aead is None:
+            aead = cipher._lockgate_aead = AESGCM(cipher._key)
+        try:
+            data: bytes = aead.decrypt(
+                cipher._iv, b"".join((first[header_len:], rest, mac)), first[:header_len]
+            )
+        except InvalidTag:
+            data = None  # type: ignore[assignment]
+        cipher._update_iv()
+        return data
+
+
+class _LeanChacha(ChachaEncryption):
+    """asyncssh's ChaCha20-Poly1305 decryption with one cipher context instead of two.
+
+    Block 0 of the packet's key stream keys Poly1305; the same context then decrypts the
+    packet from block 1 (asyncssh starts a context for each). The MAC is fed in pieces.
+    """
+
+    def decrypt_packet(
+        self, seq: int, first: bytes, rest: bytes, header_len: int, mac: bytes
+    ) -> bytes | None:
+        cipher: Any = self._cipher
+        stream = _chacha(cipher._key, _CHACHA_BLOCK_0 + seq.to_bytes(8, "big"))
+        poly = Poly1305(stream.update(_CHACHA_ZEROS)[:32])
+        poly.update(first)
+        poly.update(rest)
+        try:
+            poly.verify(mac)
+        except InvalidSignature:
+            return None
+        plain: bytes = stream.update(first[header_len:] + rest)
+        return plain
+
+
+_LEAN_RECEIVERS: dict[type, type] = {GCMEncryption: _LeanGCM, ChachaEncryption: _LeanChacha}
+
+
+def decrypt_lean(conn: object) -> bool:
+    """Receive with `_LeanGCM` / `_LeanChacha` after each key exchange; False if no hook."""
+    newkeys = getattr(conn, "send_newkeys", None)
+    if newkeys is None:
+        return False
+
+    def send_newkeys(k: bytes, h: bytes) -> None:
+        newkeys(k, h)
+        # The keys the peer will use from its NEWKEYS on: same cipher, leaner packet steps.
+        enc = getattr(conn, _NEXT_RECEIVE, None)
+        lean = _LEAN_RECEIVERS.get(type(enc))
+        if lean is not None:
+            setattr(conn, _NEXT_RECEIVE, lean(enc._cipher))  # type: ignore[union-attr]
+
+    setattr(conn, "send_newkeys", send_newkeys)  # noqa: B010
+    return True
 
 
 class InputBuffer:
@@ -294,5 +365,6 @@ def tune_connection(conn: object) -> None:
     """All of the above for a new asyncssh connection (from its owner's `connection_made`)."""
     coalesce_writes(conn)
     drop_empty_ignores(conn)
+    decrypt_lean(conn)
     buffer_input(conn)
     skip_packet_logs(conn)

@@ -19,6 +19,7 @@ from lockgate.proxy.ssh_transport import (
     _send_data,
     buffer_input,
     coalesce_writes,
+    decrypt_lean,
     drop_empty_ignores,
     skip_packet_logs,
 )
@@ -219,9 +220,13 @@ async def test_a_tuned_asyncssh_connection_carries_megabytes_intact(
 
     monkeypatch.setattr(ssh_transport, "_send_data", counting)
 
+    conns: list[object] = []
+
     def tune(conn: object) -> None:
-        tuned.extend([coalesce_writes(conn), drop_empty_ignores(conn), buffer_input(conn)])
+        hooks = (coalesce_writes, drop_empty_ignores, decrypt_lean, buffer_input)
+        tuned.extend(hook(conn) for hook in hooks)
         skip_packet_logs(conn)
+        conns.append(conn)
 
     class Server(asyncssh.SSHServer):
         def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
@@ -260,7 +265,11 @@ async def test_a_tuned_asyncssh_connection_carries_megabytes_intact(
     finally:
         server.close()
         await server.wait_closed()
-    assert tuned == [True] * 6
+    assert tuned == [True] * 8
+    # Both sides received with the lean decryption (after the key exchange's NEWKEYS).
+    assert {type(getattr(c, "_recv_encryption")).__name__ for c in conns} == {  # noqa: B009
+        "_LeanGCM" if "gcm" in alg else "_LeanChacha"
+    }
     assert done.stdout == hashlib.sha256(payload).digest() + payload[::-1]
     # Both sides sent their data the short way (6 MiB in 32-128 KiB packets, each way).
     assert short_way.count(True) >= 2 * 48
@@ -371,3 +380,29 @@ def test_the_short_way_leaves_anything_unusual_to_asyncssh() -> None:
         setattr(conn, name, value)
         assert not _send_data(conn, args, _Padding()), name
         assert conn._send_seq == 0  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("alg", ["aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com"])
+def test_lean_decryption_reads_what_asyncssh_encrypts_and_rejects_a_bad_mac(alg: str) -> None:
+    from asyncssh.encryption import get_encryption, get_encryption_params
+
+    from lockgate.proxy.ssh_transport import _LEAN_RECEIVERS
+
+    key_size, iv_size, *_ = get_encryption_params(alg.encode())
+    rng = random.Random(alg)
+    key, iv = rng.randbytes(key_size), rng.randbytes(iv_size)
+    sending = get_encryption(alg.encode(), key, iv)
+    plain_receiver = get_encryption(alg.encode(), key, iv)
+    cipher = get_encryption(alg.encode(), key, iv)._cipher  # type: ignore[attr-defined]
+    lean = _LEAN_RECEIVERS[type(plain_receiver)](cipher)
+    assert type(lean).__name__.startswith("_Lean")
+    for seq, n in enumerate((1, 100, 32768, 70000, 5)):
+        payload = rng.randbytes(n + 7)
+        header = len(payload).to_bytes(4, "big")
+        body, mac = sending.encrypt_packet(seq, header, payload)
+        for receiver in (plain_receiver, lean):
+            first, _ = receiver.decrypt_header(seq, body[:16], 4)
+            assert receiver.decrypt_packet(seq, first, body[16:], 4, mac) == payload
+    body, mac = sending.encrypt_packet(9, b"\0\0\0\x08", b"12345678")
+    first, _ = lean.decrypt_header(9, body[:16], 4)
+    assert lean.decrypt_packet(9, first, body[16:], 4, bytes([mac[0] ^ 1]) + mac[1:]) is None
