@@ -201,11 +201,8 @@ def _send_data(conn: Any, args: tuple[bytes, ...], padding: _Padding) -> bool:
     seq = conn._send_seq
     cipher = enc._cipher
     if gcm:
-        aead = cipher.__dict__.get("_lockgate_aead")
-        if aead is None:
-            aead = cipher._lockgate_aead = AESGCM(cipher._key)
         # AES-GCM with the length as associated data: ciphertext and tag, as asyncssh.
-        body = aead.encrypt(cipher._iv, plain, header)
+        body = _aesgcm(cipher).encrypt(cipher._iv, plain, header)
         cipher._update_iv()
         parts: tuple[bytes, ...] = (header, body)
     else:
@@ -214,9 +211,11 @@ def _send_data(conn: Any, args: tuple[bytes, ...], padding: _Padding) -> bool:
         nonce = _CHACHA_BLOCK_0 + seq.to_bytes(8, "big")
         header = _chacha(cipher._adkey, nonce).update(header)
         stream = _chacha(cipher._key, nonce)
-        mac_key = stream.update(_CHACHA_ZEROS)[:32]
+        poly = Poly1305(stream.update(_CHACHA_ZEROS)[:32])
         body = stream.update(plain)
-        parts = (header, body, Poly1305.generate_tag(mac_key, header + body))
+        poly.update(header)
+        poly.update(body)
+        parts = (header, body, poly.finalize())
     try:
         for part in parts:
             transport.write(part)
@@ -231,6 +230,14 @@ def _chacha(key: bytes, nonce: bytes) -> Any:
     return Cipher(ChaCha20(key, nonce), mode=None).encryptor()
 
 
+def _aesgcm(cipher: Any) -> AESGCM:
+    """The AES-GCM context of an asyncssh GCM cipher, made once per key (asyncssh: per packet)."""
+    aead: AESGCM | None = cipher.__dict__.get("_lockgate_aead")
+    if aead is None:
+        aead = cipher._lockgate_aead = AESGCM(cipher._key)
+    return aead
+
+
 class _LeanGCM(GCMEncryption):
     """asyncssh's AES-GCM decryption with one join and a key schedule kept per key."""
 
@@ -238,11 +245,8 @@ class _LeanGCM(GCMEncryption):
         self, seq: int, first: bytes, rest: bytes, header_len: int, mac: bytes
     ) -> bytes | None:
         cipher: Any = self._cipher
-        aead = cipher.__dict__.get("_lockgate_aead")
-        if aead is None:
-            aead = cipher._lockgate_aead = AESGCM(cipher._key)
         try:
-            data: bytes = aead.decrypt(
+            data: bytes = _aesgcm(cipher).decrypt(
                 cipher._iv, b"".join((first[header_len:], rest, mac)), first[:header_len]
             )
         except InvalidTag:
