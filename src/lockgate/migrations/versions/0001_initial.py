@@ -9,8 +9,6 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from lockgate.audit.tables import create_search_index
-
 revision = "0001"
 down_revision: str | None = None
 branch_labels = None
@@ -239,8 +237,19 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("session_id", "seq"),
     )
     op.create_index("ix_commands_started_at", "commands", ["started_at"], unique=False)
-    # Statement search: FTS5 on SQLite, a GIN index on PostgreSQL.
-    create_search_index(op.get_bind())
+    # Statement search: FTS5 on SQLite, a GIN index on PostgreSQL, as they were then
+    # (written out: later changes to lockgate.audit.tables must not change this revision).
+    bind = op.get_bind()
+    if bind.dialect.name == "sqlite":
+        bind.exec_driver_sql(
+            "CREATE VIRTUAL TABLE IF NOT EXISTS audit_commands_fts USING fts5("
+            "text, session_id UNINDEXED, seq UNINDEXED)"
+        )
+    elif bind.dialect.name == "postgresql":
+        bind.exec_driver_sql(
+            "CREATE INDEX IF NOT EXISTS ix_commands_text_tsv ON commands "
+            "USING gin (to_tsvector('simple', text))"
+        )
 
 
 def downgrade() -> None:
