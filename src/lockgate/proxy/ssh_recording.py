@@ -20,15 +20,18 @@ stream waits for the work queued before it, so a summary always covers every byt
 
 from __future__ import annotations
 
+import atexit
 import codecs
 import gzip
 import hashlib
 import json
+import logging
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -37,27 +40,77 @@ import orjson
 RECORDINGS = "recordings"
 
 T = TypeVar("T")
-_worker: ThreadPoolExecutor | None = None
+log = logging.getLogger("lockgate.ssh")
+
+
+class _RecordingThread:
+    """One thread running the work handed to it, in the order it was handed over.
+
+    A bare `SimpleQueue` and thread rather than a one-worker `ThreadPoolExecutor`: its
+    `submit` takes a semaphore and a condition's lock per call, which the relay thread
+    then waits on (and for the GIL) while the recording thread is using them.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], Any]] = (
+            queue.SimpleQueue()
+        )
+        self._thread = threading.Thread(target=self._run, name="lockgate-recording", daemon=True)
+        self._thread.start()
+        # At exit, what was handed over is still done (the thread is a daemon: never waited
+        # for by itself, so a process that exits while a relay is idle does not hang).
+        atexit.register(self.stop)
+
+    def put(self, fn: Callable[..., Any], args: tuple[Any, ...], done: Any = None) -> None:
+        self._queue.put((fn, args, done))
+
+    def stop(self) -> None:
+        self._queue.put((_stop_marker, (), None))
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while True:
+            fn, args, done = self._queue.get()
+            if fn is _stop_marker:
+                return
+            try:
+                result = fn(*args)
+            except BaseException as exc:  # handed to the waiter, or logged: never lost
+                if done is not None:
+                    done.set_exception(exc)
+                else:
+                    log.exception("recording work failed")
+            else:
+                if done is not None:
+                    done.set_result(result)
+
+
+def _stop_marker() -> None:
+    """Tells the recording thread to end (a marker, never called)."""
+
+
+_worker: _RecordingThread | None = None
 _worker_lock = threading.Lock()
 
 
-def _background() -> ThreadPoolExecutor:
+def _background() -> _RecordingThread:
     global _worker
     with _worker_lock:
         if _worker is None:
-            # One thread: its queue is FIFO, so work runs in the order it was handed over.
-            _worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lockgate-recording")
+            _worker = _RecordingThread()
         return _worker
 
 
 def in_order(fn: Callable[..., object], *args: object) -> None:
     """Run `fn(*args)` on the recording thread, after everything handed over before."""
-    _background().submit(fn, *args)
+    _background().put(fn, args)
 
 
 def after_pending(fn: Callable[[], T]) -> T:
     """Run `fn` on the recording thread once the work before it is done; wait for it."""
-    return _background().submit(fn).result()
+    done: Future[T] = Future()
+    _background().put(fn, (), done)
+    return done.result()
 
 
 class OrderedFeed:

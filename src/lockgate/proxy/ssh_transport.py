@@ -177,8 +177,9 @@ def _send_data(conn: Any, args: tuple[bytes, ...], padding: _Padding) -> bool:
     packet logging on, no transport) goes asyncssh's own way.
     """
     enc = conn._send_encryption
-    gcm = isinstance(enc, GCMEncryption)
-    if not gcm and not isinstance(enc, ChachaEncryption):
+    kind = type(enc)  # not isinstance: asyncssh's Encryption is an ABC, slow to ask per packet
+    gcm = kind in _GCM
+    if not gcm and kind not in _CHACHA:
         return False
     transport = conn._transport
     if (
@@ -279,6 +280,8 @@ class _LeanChacha(ChachaEncryption):
 
 
 _LEAN_RECEIVERS: dict[type, type] = {GCMEncryption: _LeanGCM, ChachaEncryption: _LeanChacha}
+_GCM = frozenset((GCMEncryption, _LeanGCM))
+_CHACHA = frozenset((ChachaEncryption, _LeanChacha))
 
 
 def decrypt_lean(conn: object) -> bool:

@@ -47,3 +47,23 @@ def test_a_stream_is_kept_to_its_cap_and_its_checksum_covers_what_the_kind_says(
     assert (stdout["bytes"], stdout["kept"], stdout["truncated"]) == (3, 3, False)
     assert stdout["sha256"] == hashlib.sha256(b"ok\n").hexdigest()
     assert summary["stderr"]["file"] is None and summary["note"] == "x"
+
+
+def test_recording_work_runs_in_order_and_failures_reach_the_waiter_or_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from lockgate.proxy.ssh_recording import after_pending, in_order
+
+    seen: list[int] = []
+    for i in range(200):
+        in_order(seen.append, i)
+
+    def fails() -> None:
+        raise OSError("disk full")
+
+    in_order(fails)  # nobody waits for it: logged, and the work after it still runs
+    assert after_pending(lambda: list(seen)) == list(range(200))
+    with pytest.raises(ValueError, match="bad"):
+        after_pending(lambda: int("bad"))
+    assert after_pending(lambda: 7) == 7
+    assert any("recording work failed" in r.getMessage() for r in caplog.records)
