@@ -254,6 +254,7 @@ async def test_a_tuned_asyncssh_connection_carries_megabytes_intact(
         window=8 << 20,
         max_pktsize=128 << 10,
         encryption_algs=[alg],
+        rekey_bytes=1 << 20,  # several key exchanges mid-stream: new keys on both paths
     )
     port = server.sockets[0].getsockname()[1]
     payload = random.Random(3).randbytes(6 << 20)
@@ -271,6 +272,9 @@ async def test_a_tuned_asyncssh_connection_carries_megabytes_intact(
         "_LeanGCM" if "gcm" in alg else "_LeanChacha"
     }
     assert done.stdout == hashlib.sha256(payload).digest() + payload[::-1]
+    # 6 MiB went each way, yet each connection's count since its last key exchange is small:
+    # the keys changed mid-stream, and the short ways went on with the new ones.
+    assert all(getattr(c, "_rekey_bytes_sent") < 2 << 20 for c in conns)  # noqa: B009
     # Both sides sent their data the short way (6 MiB in 32-128 KiB packets, each way).
     assert short_way.count(True) >= 2 * 48
 
