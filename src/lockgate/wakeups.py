@@ -42,6 +42,7 @@ from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from lockgate.tasks import spawn
 
@@ -50,7 +51,8 @@ log = logging.getLogger(__name__)
 REVOKED = "lockgate_revoked"  # a token or identity revoked: live sessions are checked
 APPROVALS = "lockgate_approvals"  # an approval request created, decided or closed
 SESSIONS = "lockgate_sessions"  # a live session asked to end, or a grant revoked
-CHANNELS = (REVOKED, APPROVALS, SESSIONS)
+AUDIT = "lockgate_audit"  # sessions that started or ended reached the audit store
+CHANNELS = (REVOKED, APPROVALS, SESSIONS, AUDIT)
 # Live sessions must be re-checked on either.
 LIVE_SESSIONS = (REVOKED, SESSIONS)
 
@@ -67,6 +69,36 @@ def notify(conn: Any, channel: str) -> None:
     conn.info.setdefault(_PENDING, set()).add(channel)
 
 
+def announce(engine: Engine, channel: str) -> None:
+    """Wake `channel`'s loops now, for a change `engine` has already committed.
+
+    For writers that do not go through the pool (the audit ingester's own connection). On
+    PostgreSQL a transaction of its own carries the `NOTIFY`; on SQLite no connection is
+    opened (a store file removed under a running gateway must not be recreated empty): this
+    process's loops and the other processes on this host are told directly. Best effort,
+    like every wake-up.
+    """
+    if engine.dialect.name == "postgresql":
+        try:
+            with engine.begin() as conn:
+                notify(conn, channel)
+        except SQLAlchemyError as exc:
+            log.debug("wake-up on %s not sent: %s", channel, type(exc).__name__)
+        return
+    _wake(engine, {channel})
+
+
+def _wake(engine: Engine, channels: set[str]) -> None:
+    """Wake `channels` in this process's loops on `engine` and in other processes here."""
+    with _local_lock:
+        targets = list(_local.get(engine, ()))
+    for wakeups in targets:
+        wakeups.wake_threadsafe(channels)
+    peers = _peer_folder(engine)
+    if peers is not None:
+        _tell_peers(peers, channels, {w.peer_path for w in targets})
+
+
 def _hooked(engine: Engine) -> weakref.WeakSet[Wakeups]:
     """This process's `Wakeups` on `engine`, its check-in hook installed on first use."""
     with _local_lock:
@@ -80,19 +112,12 @@ def _hooked(engine: Engine) -> weakref.WeakSet[Wakeups]:
 def _wake_on_checkin(engine: Engine) -> Any:
     """The pool check-in hook (after the commit or rollback) that wakes `engine`'s loops."""
     ref = weakref.ref(engine)
-    peers = _peer_folder(engine)
 
     def checked_in(dbapi_connection: Any, record: Any) -> None:
         channels = record.info.pop(_PENDING, None)
         found = ref()
-        if not channels or found is None:
-            return
-        with _local_lock:
-            targets = list(_local.get(found, ()))
-        for wakeups in targets:
-            wakeups.wake_threadsafe(channels)
-        if peers is not None:
-            _tell_peers(peers, channels, {w.peer_path for w in targets})
+        if channels and found is not None:
+            _wake(found, channels)
 
     return checked_in
 

@@ -25,7 +25,7 @@ from lockgate.identity.session_limits import request_end
 from lockgate.identity.tables import session_terminations
 from lockgate.model import Principal
 from lockgate.store import open_engine
-from lockgate.wakeups import APPROVALS, LIVE_SESSIONS, SESSIONS, Wakeups, notify
+from lockgate.wakeups import APPROVALS, AUDIT, LIVE_SESSIONS, SESSIONS, Wakeups, announce, notify
 
 ALICE = Principal("alice", frozenset({"it"}))
 BOB = Principal("bob", frozenset({"sre"}))
@@ -182,3 +182,29 @@ async def test_notify_from_another_host_wakes_the_broker_and_session_watch(
         await wakeups.close()
         here.dispose()
         there.dispose()
+
+
+async def test_the_ingester_s_announcement_wakes_watchers_here_and_in_other_processes(
+    sqlite: Engine, tmp_path: Path
+) -> None:
+    """`announce` (sessions the audit ingester stored) reaches this process's watches on the
+    same engine, and those of another process (another engine on the file), without ever
+    opening the store: a removed SQLite file must not come back empty."""
+    here = Wakeups(sqlite)
+    other = open_engine(str(sqlite.url))
+    elsewhere = Wakeups(other)
+    try:
+        local, remote = here.watch(AUDIT), elsewhere.watch(AUDIT)
+        unrelated = here.watch(APPROVALS)
+        await asyncio.to_thread(announce, sqlite, AUDIT)
+        assert await local.wait(BOUND) and await remote.wait(BOUND)
+        assert not await unrelated.wait(0.2)
+        db = tmp_path / "state.db"
+        db.unlink()
+        await asyncio.to_thread(announce, sqlite, AUDIT)
+        assert await remote.wait(BOUND)
+        assert not db.exists()
+    finally:
+        await here.close()
+        await elsewhere.close()
+        other.dispose()

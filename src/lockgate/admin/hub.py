@@ -4,9 +4,10 @@ Requests are decided and sessions open in any gateway process (or the CLI), so t
 the one place that sees them all. One task per admin app looks at it while at least one
 stream listens, compares with what it saw last, and hands each change to every listener's
 queue. It looks at once when a request is created, decided or closed anywhere (the
-`APPROVALS` notification, wakeups.py: `NOTIFY` on a PostgreSQL store, in-process on any
-store) or after a local change (`kick`), and every `admin.events_interval` otherwise:
-sessions starting and ending, and changes no notification reaches, are found that way.
+`APPROVALS` notification, wakeups.py: `NOTIFY` on a PostgreSQL store, in-process and on
+this host on any store), when an audit ingester has stored sessions that started or ended
+(`AUDIT`), or after a local change (`kick`); and every `admin.events_interval` otherwise,
+for changes no notification reaches.
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ from lockgate.admin.context import AdminContext
 from lockgate.approvals.store import ApprovalRequest
 from lockgate.audit.query import list_sessions
 from lockgate.tasks import spawn
-from lockgate.wakeups import APPROVALS, Wakeups, Watch
+from lockgate.wakeups import APPROVALS, AUDIT, Wakeups, Watch
 
 log = logging.getLogger("lockgate.admin.events")
 # Bounded: a listener that stops reading loses events rather than growing memory.
 QUEUE_SIZE = 256
 WATCHED_REVIEWS = 500
 WATCHED_SESSIONS = 200
+# The least time between two looks at the store, however many wake-ups come (seconds).
+MIN_GAP = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +76,7 @@ class EventHub:
         wakeups, own = self._ctx.wakeups, None
         if wakeups is None:  # an app without a gateway: its own, closed with the stream
             wakeups = own = Wakeups(self._ctx.engine)
-        self._watch = watch = wakeups.watch(APPROVALS)
+        self._watch = watch = wakeups.watch(APPROVALS, AUDIT)
         try:
             await self._look(watch, interval)
         finally:
@@ -92,7 +95,9 @@ class EventHub:
                 for queue in list(self._listeners):
                     if not queue.full():
                         queue.put_nowait(change)
-            await watch.wait(interval)
+            # Wake-ups that come in a burst (many sessions opening) share a look.
+            await asyncio.sleep(MIN_GAP)
+            await watch.wait(max(interval - MIN_GAP, 0.0))
 
     def _poll(self) -> list[Change]:
         out: list[Change] = []

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from sqlalchemy.engine import Engine
 
+from lockgate import wakeups
 from lockgate.audit import events as audit_events
 from lockgate.audit import journal
 from lockgate.audit.chain import ChainWriter
@@ -57,6 +58,7 @@ class JournalIngester:
         interval: float = 0.05,
         observers: Sequence[EventObserver] = (),
     ) -> None:
+        self.engine = engine
         self.folder = folder
         self.interval = interval
         # After a pass that wrote at least `busy_records`, the next one waits longer.
@@ -250,6 +252,9 @@ class JournalIngester:
         finally:
             if self.observers:
                 self._publish()
+        if batch.sess_rows or batch.sess_updates:
+            # The console's live view lists sessions from the store: tell it they changed.
+            wakeups.announce(self.engine, wakeups.AUDIT)
         self._positions.update(positions)
         self._pending = []
         self._pending_positions = {}

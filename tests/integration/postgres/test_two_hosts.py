@@ -323,3 +323,28 @@ def test_console_events_on_one_host_show_reviews_of_the_other(hosts: TwoHosts) -
         assert got.status_code == 200, got.text
         assert next_review()["status"] == "denied"
     assert "sse" in str(held.released().get("error"))
+
+
+def test_console_events_on_one_host_show_sessions_of_the_other(hosts: TwoHosts) -> None:
+    """Host a's event stream (30 s fallback poll) shows a session on host b start and end:
+    host b's audit ingester announces sessions it stored (`NOTIFY lockgate_audit`)."""
+    tok = hosts.a.token("sam", ("it",))  # sam sees sam's own sessions in the console
+    with (
+        hosts.admin(tok) as api,
+        api.stream("GET", "/api/events", timeout=httpx.Timeout(BOUND * 0.1)) as stream,
+    ):
+        lines = stream.iter_lines()
+        assert next(lines).startswith(":")  # subscribed: the hub took its baseline
+
+        def next_session() -> dict[str, Any]:
+            for line in lines:  # each read is bounded: no event in 10 s raises ReadTimeout
+                if line.startswith("data: ") and '"sam"' in line:
+                    return dict(json.loads(line[len("data: ") :]))
+            raise AssertionError("the event stream ended")
+
+        with _connect(hosts.dsn(tok, hosts.b.port)) as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
+            started = next_session()
+            assert started["live"] and started["subject"] == "sam"
+        ended = next_session()
+        assert ended["id"] == started["id"] and not ended["live"]
