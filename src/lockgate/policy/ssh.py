@@ -170,6 +170,41 @@ def _compile(rule: SshRule) -> _Rule:
     )
 
 
+def _scp_transfer(argv: tuple[str, ...]) -> tuple[str, str, list[str]] | None:
+    """`scp -f/-t PATH...` (the target's end of `scp -O`): direction and paths."""
+    if posixpath.basename(argv[0]) != "scp":
+        return None
+    flags = "".join(a[1:] for a in argv[1:] if a.startswith("-") and a != "--")
+    direction = "download" if "f" in flags else "upload" if "t" in flags else ""
+    if not direction:
+        return None
+    paths = [a for a in argv[1:] if not a.startswith("-")]
+    if "--" in argv:
+        paths = list(argv[argv.index("--") + 1 :])
+    return "scp -O", direction, paths
+
+
+def _rsync_transfer(argv: tuple[str, ...]) -> tuple[str, str, list[str] | None] | None:
+    """`rsync --server [--sender] OPTIONS . PATH...` (the target's end of `rsync -e ssh`).
+
+    Direction and paths; paths None when they travel inside rsync's protocol (`-s`).
+    """
+    if posixpath.basename(argv[0]) != "rsync" or "--server" not in argv:
+        return None
+    direction = "download" if "--sender" in argv else "upload"
+    args = list(argv[1:])
+    rest = args[args.index("--") + 1 :] if "--" in args else [a for a in args if a[:1] != "-"]
+    # rsync puts a "." before the paths; with --protect-args (-s) nothing follows it.
+    if rest[:1] == ["."]:
+        rest = rest[1:]
+    # Short options, without the capability letters rsync appends after "e." (`-logDtpre.iLsfxC`).
+    short = "".join(a[1:].split("e.")[0] for a in args if a[:1] == "-" and a[:2] != "--")
+    protected = "s" in short or "--protect-args" in args or "--secluded-args" in args
+    if protected and not rest:
+        return "rsync -s", direction, None
+    return "rsync", direction, rest
+
+
 class SshPolicy:
     """Decides on SSH requests from the manifest's `ssh.rules`."""
 
@@ -181,7 +216,7 @@ class SshPolicy:
         if request.kind == "exec":
             decision = self._command(rules, request)
             if decision.allowed:
-                return self._legacy_scp(rules, request.text) or decision
+                return self._transfer_commands(rules, request.text) or decision
             return decision
         if request.kind == "shell-line":
             # A `review` decision holds the typed line at the prompt (ssh_channel).
@@ -232,11 +267,15 @@ class SshPolicy:
                     break
         return ALLOW
 
-    def _legacy_scp(self, rules: list[_Rule], text: str) -> Decision | None:
-        """Path rules for the original scp protocol (`scp -O`): `scp -f/-t PATH` on the target.
+    def _transfer_commands(self, rules: list[_Rule], text: str) -> Decision | None:
+        """Path rules for file transfers that run as a command on the target.
 
-        Its file data is not parsed (it is recorded as the exec's raw streams), but the paths
-        it names are checked like SFTP requests, so `-O` is no way around a path rule.
+        The original scp protocol (`scp -O`: `scp -f/-t PATH`) and rsync over ssh (`rsync
+        --server [--sender] ... . PATH...`): their file data is not parsed (it is recorded
+        as the exec's raw streams), but the paths they name are checked like SFTP requests,
+        so neither is a way around a path or direction rule. rsync with `--protect-args`
+        (`-s`) sends the names inside its own protocol: checked by direction only, and
+        refused when a path rule could apply.
         """
         if not any(r.rule.paths or r.rule.directions for r in rules):
             return None
@@ -245,19 +284,37 @@ class SshPolicy:
         except Unparsable:
             return None
         for argv in simple:
-            if posixpath.basename(argv[0]) != "scp":
+            found = _scp_transfer(argv) or _rsync_transfer(argv)
+            if found is None:
                 continue
-            flags = "".join(a[1:] for a in argv[1:] if a.startswith("-") and a != "--")
-            direction = "download" if "f" in flags else "upload" if "t" in flags else ""
-            if not direction:
+            tool, direction, paths = found
+            if paths is None:  # rsync -s: which files, only rsync itself knows
+                d = self._file(rules, SshRequest("file", path="", direction=direction))
+                if not d.allowed:
+                    return Decision(d.kind, d.rule, f"{d.reason} ({tool})")
+                blind = next(
+                    (
+                        r
+                        for r in rules
+                        if r.rule.paths
+                        and r.rule.action != "allow"
+                        and (not r.rule.directions or direction in r.rule.directions)
+                    ),
+                    None,
+                )
+                if blind is not None:
+                    return Decision(
+                        DecisionKind.DENY,
+                        rule=blind.rule.name,
+                        reason="rsync with --protect-args (-s) sends file names inside its "
+                        f"own protocol, so rule '{blind.rule.name}' cannot check them; run it "
+                        "without -s, or use scp or sftp",
+                    )
                 continue
-            paths = [a for a in argv[1:] if not a.startswith("-")]
-            if "--" in argv:
-                paths = list(argv[argv.index("--") + 1 :])
             for path in paths or ["."]:
                 d = self._file(rules, SshRequest("file", path=path, direction=direction))
                 if not d.allowed:
-                    return Decision(d.kind, d.rule, f"{d.reason} (scp -O)")
+                    return Decision(d.kind, d.rule, f"{d.reason} ({tool})")
         return None
 
     def _file(self, rules: list[_Rule], request: SshRequest) -> Decision:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -135,3 +137,56 @@ def test_legacy_scp_cannot_get_around_a_path_rule(gateway: SshGateway, tmp_path:
     assert not (tmp_path / "h").exists()
     (cmd,) = ended_session(gateway, "scp-old")["commands"]
     assert (cmd["kind"], cmd["decision"], cmd["rule"]) == ("ssh.exec", "deny", "no-etc-download")
+
+
+def _rsync(gw: SshGateway, token: str, *args: str) -> subprocess.CompletedProcess[bytes]:
+    ssh = shlex.join(["ssh", *gw.ssh_options(), "-p", str(gw.port)])
+    return subprocess.run(
+        ["rsync", "-e", ssh, *args],
+        env=gw.client_env(token),
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
+
+
+@pytest.mark.skipif(shutil.which("rsync") is None, reason="rsync is not installed")
+def test_rsync_over_ssh_both_ways_and_its_paths_meet_the_rules(
+    gateway: SshGateway, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    files = {"a.bin": os.urandom(70_000), "sub/b.txt": b"hello\n" * 1000}
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+    token = gateway.token("rsync-user")
+    r = _rsync(gateway, token, "-a", f"{src}/", f"{gateway.login()}:{tmp_path / 'up'}/")
+    assert r.returncode == 0, r.stderr
+    r = _rsync(gateway, token, "-a", f"target@127.0.0.1:{tmp_path / 'up'}/", f"{tmp_path / 'down'}")
+    assert r.returncode == 0, r.stderr
+    for name, data in files.items():
+        assert (tmp_path / "up" / name).read_bytes() == data
+        assert (tmp_path / "down" / name).read_bytes() == data
+    # A path rule holds for rsync as for sftp and scp: no download from /etc.
+    r = _rsync(gateway, token, "target@127.0.0.1:/etc/hostname", str(tmp_path / "h"))
+    assert r.returncode != 0
+    assert b"rule 'no-etc-download' denies download of '/etc/hostname' (rsync)" in r.stderr
+    assert not (tmp_path / "h").exists()
+    session = ended_session(gateway, "rsync-user")
+    (cmd,) = [c for c in session["commands"] if c["decision"] == "deny"]
+    assert (cmd["kind"], cmd["rule"]) == ("ssh.exec", "no-etc-download")
+    assert cmd["text"].startswith("rsync --server --sender ")
+
+
+@pytest.mark.skipif(shutil.which("rsync") is None, reason="rsync is not installed")
+def test_contractors_cannot_upload_with_rsync_even_with_protected_args(
+    gateway: SshGateway, tmp_path: Path
+) -> None:
+    (tmp_path / "f").write_bytes(b"data")
+    token = gateway.token("rsync-contractor", groups=("ops", "contractors"))
+    for extra in ([], ["-s"]):
+        dest = f"{gateway.login()}:{tmp_path / 'copy'}"
+        r = _rsync(gateway, token, *extra, str(tmp_path / "f"), dest)
+        assert r.returncode != 0
+        assert b"contractors may not change files" in r.stderr
+        assert not (tmp_path / "copy").exists()

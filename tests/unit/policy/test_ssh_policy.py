@@ -159,3 +159,35 @@ def test_legacy_scp_paths_meet_the_sftp_path_rules() -> None:
     assert policy.decide(ALICE, "web", SshRequest("exec", text="scp -t /srv/")).allowed
     upload = policy.decide(BOB, "web", SshRequest("exec", text="scp -v -t /srv/"))
     assert upload.rule == "no-uploads"
+
+
+def test_rsync_over_ssh_paths_meet_the_sftp_path_rules() -> None:
+    policy = _policy(
+        {"name": "no-etc-download", "paths": ["/etc/*"], "directions": ["download"]},
+        {"name": "no-uploads", "groups": ["contractors"], "directions": ["upload"]},
+    )
+
+    def decide(who: Principal, text: str) -> tuple[DecisionKind, str, str]:
+        d = policy.decide(who, "web", SshRequest("exec", text=text))
+        return d.kind, d.rule, d.reason
+
+    # What `rsync -a HOST:/etc/shadow .` and `rsync -a src/ HOST:/srv/` run on the target.
+    fetch = decide(ALICE, "rsync --server --sender -logDtpre.iLsfxCIvu . /etc/shadow")
+    assert fetch[:2] == (DecisionKind.DENY, "no-etc-download") and fetch[2].endswith("(rsync)")
+    many = "rsync --server --sender -logDtpre.iLsfxCIvu . /srv/a /etc/passwd"
+    assert decide(ALICE, many)[1] == "no-etc-download"
+    ok = DecisionKind.ALLOW
+    assert decide(ALICE, "rsync --server --sender -logDtpre.iLsfxCIvu . /srv/a")[0] is ok
+    assert decide(ALICE, "rsync --server -logDtpre.iLsfxCIvu . /srv/")[0] is ok
+    assert decide(BOB, "rsync --server -logDtpre.iLsfxCIvu . /srv/")[1] == "no-uploads"
+    # -s (--protect-args): the names travel inside rsync's protocol. A direction rule still
+    # applies; a path rule that could apply cannot be checked, so it refuses.
+    assert decide(BOB, "rsync --server -slogDtpre.iLsfxCIvu")[1] == "no-uploads"
+    blind = decide(ALICE, "rsync --server --sender -slogDtpre.iLsfxCIvu")
+    assert blind[:2] == (DecisionKind.DENY, "no-etc-download")
+    assert "--protect-args" in blind[2]
+    assert decide(ALICE, "rsync --server -slogDtpre.iLsfxCIvu")[0] is ok  # upload
+    # The capability letters after "e." are not options ("s" there is not -s).
+    assert decide(ALICE, "rsync --server --sender -le.iLsfxC . /srv/x")[0] is ok
+    # Not rsync's server end: a plain command naming rsync is left to command rules.
+    assert decide(ALICE, "rsync --version")[0] is ok
