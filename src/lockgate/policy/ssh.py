@@ -170,6 +170,19 @@ def _compile(rule: SshRule) -> _Rule:
     )
 
 
+# SFTP servers a client can run as a plain command (`sftp -s /usr/lib/openssh/sftp-server`).
+SFTP_SERVERS = frozenset({"sftp-server"})
+
+
+def runs_sftp_server(text: str) -> bool:
+    """Whether an exec command line runs an SFTP server: its channel is SFTP, not bytes."""
+    try:
+        simple = split_commands(text)
+    except Unparsable:
+        return False
+    return any(posixpath.basename(argv[0]) in SFTP_SERVERS for argv in simple if argv)
+
+
 def _scp_transfer(argv: tuple[str, ...]) -> tuple[str, str, list[str]] | None:
     """`scp -f/-t PATH...` (the target's end of `scp -O`): direction and paths."""
     if posixpath.basename(argv[0]) != "scp":
@@ -215,6 +228,11 @@ class SshPolicy:
         rules = [r for r in self._rules if r.applies(principal, resource)]
         if request.kind == "exec":
             decision = self._command(rules, request)
+            if decision.allowed and runs_sftp_server(request.text):
+                # The SFTP subsystem by another door: its rules apply (and its guard runs).
+                decision = self.decide(
+                    principal, resource, SshRequest("subsystem", subsystem="sftp")
+                )
             if decision.allowed:
                 return self._transfer_commands(rules, request.text) or decision
             return decision

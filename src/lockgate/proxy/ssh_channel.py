@@ -45,7 +45,7 @@ from lockgate.errors import AuditUnavailable
 from lockgate.gate import Admission, Gate, HeldForReview
 from lockgate.model import Decision, DecisionKind, ResultSummary, Session
 from lockgate.policy.guardrails import Verdict
-from lockgate.policy.ssh import SshRequest
+from lockgate.policy.ssh import SshRequest, runs_sftp_server
 from lockgate.proxy import ssh_recording as rec
 from lockgate.proxy.ssh_sftp import SftpGuard
 from lockgate.proxy.ssh_transport import skip_packet_logs
@@ -402,7 +402,8 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
             if ctx.gate.ssh_policy.has_command_rules(ctx.session.principal, ctx.resource.name):
                 self._line = _LineTracker()
         else:
-            sftp = self.subsystem == "sftp"
+            # `sftp -s /usr/lib/openssh/sftp-server` asks for SFTP as an exec command.
+            sftp = self.subsystem == "sftp" or runs_sftp_server(self.command or "")
             self._raw = rec.RawLog(folder / str(self.seq), settings.log_cap_bytes, whole=not sftp)
             if sftp:
                 self._sftp = SftpGuard(ctx, self._reply_to_client)

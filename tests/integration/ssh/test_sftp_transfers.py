@@ -190,3 +190,31 @@ def test_contractors_cannot_upload_with_rsync_even_with_protected_args(
         assert r.returncode != 0
         assert b"contractors may not change files" in r.stderr
         assert not (tmp_path / "copy").exists()
+
+
+SFTP_SERVER = "/usr/lib/openssh/sftp-server"
+
+
+@pytest.mark.skipif(not Path(SFTP_SERVER).exists(), reason="no sftp-server binary")
+def test_sftp_server_run_as_a_command_is_guarded_like_the_subsystem(
+    gateway: SshGateway, tmp_path: Path
+) -> None:
+    """`sftp -s /path/to/sftp-server` asks for an exec, not the subsystem: same rules, audit."""
+    source = tmp_path / "src.bin"
+    source.write_bytes(os.urandom(50_000))
+    token = gateway.token("sftp-exec")
+    r = subprocess.run(
+        ["sftp", "-s", SFTP_SERVER, *gateway.ssh_options(), "-P", str(gateway.port)]
+        + [gateway.login()],
+        env=gateway.client_env(token),
+        capture_output=True,
+        input=f"get {source} {tmp_path / 'copy.bin'}\nget /etc/hostname {tmp_path / 'h'}\n".encode(),
+        timeout=60,
+    )
+    assert (tmp_path / "copy.bin").read_bytes() == source.read_bytes()
+    assert b'remote open "/etc/hostname": Permission denied' in r.stderr
+    assert not (tmp_path / "h").exists()
+    session = ended_session(gateway, "sftp-exec", n_commands=3)
+    kinds = [(c["kind"], c["decision"]) for c in session["commands"]]
+    assert ("ssh.exec", "allow") in kinds
+    assert ("sftp.download", "allow") in kinds and ("sftp.download", "deny") in kinds

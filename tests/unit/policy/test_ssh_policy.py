@@ -8,7 +8,13 @@ import pytest
 
 from lockgate.config.model import Manifest
 from lockgate.model import DecisionKind, Principal
-from lockgate.policy.ssh import SshPolicy, SshRequest, Unparsable, split_commands
+from lockgate.policy.ssh import (
+    SshPolicy,
+    SshRequest,
+    Unparsable,
+    runs_sftp_server,
+    split_commands,
+)
 
 
 def _policy(*rules: dict[str, Any]) -> SshPolicy:
@@ -191,3 +197,17 @@ def test_rsync_over_ssh_paths_meet_the_sftp_path_rules() -> None:
     assert decide(ALICE, "rsync --server --sender -le.iLsfxC . /srv/x")[0] is ok
     # Not rsync's server end: a plain command naming rsync is left to command rules.
     assert decide(ALICE, "rsync --version")[0] is ok
+
+
+def test_an_sftp_server_run_as_a_command_meets_the_sftp_subsystem_rules() -> None:
+    policy = _policy({"name": "no-sftp", "groups": ["contractors"], "subsystems": ["sftp"]})
+    server = SshRequest("exec", text="/usr/lib/openssh/sftp-server -l INFO")
+    refused = policy.decide(BOB, "web", server)
+    assert (refused.kind, refused.rule) == (DecisionKind.DENY, "no-sftp")
+    wrapped = SshRequest("exec", text="sh -c 'exec /usr/libexec/sftp-server'")
+    assert policy.decide(BOB, "web", wrapped).rule == "no-sftp"
+    assert policy.decide(ALICE, "web", server).allowed
+    assert policy.decide(BOB, "web", SshRequest("exec", text="ls /srv")).allowed
+    assert runs_sftp_server("/usr/lib/openssh/sftp-server")
+    assert not runs_sftp_server("echo sftp-server")
+    assert not runs_sftp_server("cat 'unbalanced")
