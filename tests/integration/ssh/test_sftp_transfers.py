@@ -203,12 +203,13 @@ def test_sftp_server_run_as_a_command_is_guarded_like_the_subsystem(
     source = tmp_path / "src.bin"
     source.write_bytes(os.urandom(50_000))
     token = gateway.token("sftp-exec")
+    sftp = ["sftp", "-s", SFTP_SERVER, *gateway.ssh_options(), "-P", str(gateway.port)]
+    batch = f"get {source} {tmp_path / 'copy.bin'}\nget /etc/hostname {tmp_path / 'h'}\n"
     r = subprocess.run(
-        ["sftp", "-s", SFTP_SERVER, *gateway.ssh_options(), "-P", str(gateway.port)]
-        + [gateway.login()],
+        [*sftp, gateway.login()],
         env=gateway.client_env(token),
         capture_output=True,
-        input=f"get {source} {tmp_path / 'copy.bin'}\nget /etc/hostname {tmp_path / 'h'}\n".encode(),
+        input=batch.encode(),
         timeout=60,
     )
     assert (tmp_path / "copy.bin").read_bytes() == source.read_bytes()
