@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -33,3 +34,24 @@ def pg_server() -> Iterator[tuple[str, int, str]]:
     if not _reachable(PG_HOST, PG_PORT):
         pytest.skip(f"no PostgreSQL server at {PG_HOST}:{PG_PORT}")
     yield PG_HOST, PG_PORT, PG_USER
+
+
+def issue_token(manifest_path: Path, subject: str, groups: Iterable[str], ttl: str = "1h") -> str:
+    """A gateway-signed token, as `lockgate token issue -c MANIFEST` prints it.
+
+    The same authority call the CLI makes, in this process: a CLI subprocess costs most of a
+    second in imports, and integration tests issue a few hundred tokens as set-up (the command
+    itself is tested in tests/unit/cli/test_token.py).
+    """
+    from lockgate.config.loader import load_manifest
+    from lockgate.config.model import parse_duration
+    from lockgate.identity.tokens import GatewayTokenAuthority
+    from lockgate.store import open_engine
+
+    manifest = load_manifest(manifest_path)
+    engine = open_engine(manifest.state_url, create=False)
+    try:
+        authority = GatewayTokenAuthority(manifest, engine)
+        return authority.issue(subject, groups, ttl_seconds=parse_duration(ttl)).token
+    finally:
+        engine.dispose()

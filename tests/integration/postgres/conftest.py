@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
-from tests.conftest import free_port
+from tests.conftest import free_port, issue_token
 
 REPO = Path(__file__).resolve().parents[3]
 LOCKGATE = [sys.executable, "-m", "lockgate.cli"]
@@ -55,6 +55,8 @@ class RunningGateway:
         ttl: str = "1h",
         *extra: str,
     ) -> str:
+        if not extra:
+            return issue_token(self.manifest_path, subject, groups, ttl)
         args = ["token", "issue", "--subject", subject, "--ttl", ttl]
         for g in groups:
             args += ["--group", g]

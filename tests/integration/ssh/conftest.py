@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 import yaml
-from tests.conftest import free_port
+from tests.conftest import free_port, issue_token
 
 SSHD = "/usr/sbin/sshd"
 LOCKGATE = [sys.executable, "-m", "lockgate.cli"]
@@ -165,10 +165,7 @@ class SshGateway:
         )
 
     def token(self, subject: str = "alice", groups: tuple[str, ...] = (GATEWAY_GROUP,)) -> str:
-        args = ["token", "issue", "--subject", subject, "--ttl", "1h"]
-        for g in groups:
-            args += ["--group", g]
-        return self.cli(*args).stdout.strip()
+        return issue_token(self.manifest_path, subject, groups)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
