@@ -330,13 +330,14 @@ def test_grant_admits_until_expiry_then_ends_the_session(gw: RunningGateway) -> 
     assert err is not None and err["C"] == "42501" and "lockgate request jitdb" in err.get("H", "")
 
     rid = gw.cli(
-        "request", "jitdb", "--for", "20s", "--reason", "INC-123", "--token", alice
+        "request", "jitdb", "--for", "6s", "--reason", "INC-123", "--token", alice
     ).stdout.strip()
     selfish = gw.cli("reviews", "approve", rid, "--reason", "me", "--token", alice, check=False)
     assert selfish.returncode != 0
     bob = gw.token("bob", ("sre",))
     gw.cli("reviews", "approve", rid, "--reason", "go", "--token", bob)
-    # Connect at once: the grant is short (20s) so that its end comes during the session.
+    # Connect at once: the grant is short (6s, counted from the approval) so that its end
+    # comes during the session; `grants list --all` still lists it once it has ended.
     with psycopg.connect(gw.dsn(alice, dbname="jitdb"), autocommit=True) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
         grants = json.loads(gw.cli("grants", "list", "--all", "--json").stdout)
