@@ -75,13 +75,26 @@ def scratch() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture
-def embedded(scratch: Path) -> Iterator[demo.EmbeddedPostgres]:
-    pg = demo.start_embedded_postgres(scratch / "demo" / "pgdata")
+@pytest.fixture(scope="module")
+def embedded_server() -> Iterator[demo.EmbeddedPostgres]:
+    """One embedded server for the module: initdb and start cost seconds each time.
+
+    Its folder is outside pytest's basetemp, for the reason `scratch` gives.
+    """
+    path = Path(tempfile.mkdtemp(prefix="lockgate-demo-test-"))
+    pg = demo.start_embedded_postgres(path / "pgdata")
     try:
         yield pg
     finally:
         pg.stop()
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def embedded(embedded_server: demo.EmbeddedPostgres) -> demo.EmbeddedPostgres:
+    """The module's server without the demo database: each test seeds from nothing."""
+    embedded_server.psql(f"DROP DATABASE IF EXISTS {demo.DATABASE} WITH (FORCE)")
+    return embedded_server
 
 
 def test_embedded_server_is_seeded_once_with_500_rows(
