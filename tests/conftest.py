@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
-from collections.abc import Iterable, Iterator
+import subprocess
+import sys
+import traceback
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -55,3 +59,42 @@ def issue_token(manifest_path: Path, subject: str, groups: Iterable[str], ttl: s
         return authority.issue(subject, groups, ttl_seconds=parse_duration(ttl)).token
     finally:
         engine.dispose()
+
+
+def run_cli(
+    args: Sequence[str], *, input: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """`lockgate ARGS` as `subprocess.run(..., capture_output=True, text=True)` reports it.
+
+    Run in this process through click's CliRunner (as tests/unit/cli does): a subprocess
+    spends most of a second importing, and integration tests run a few hundred commands
+    (reviewer decisions, audit queries, polls). It is still another process than the
+    gateway's. Inside a running event loop (`asyncio.run` would refuse) it falls back to
+    a real subprocess.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        return subprocess.run(
+            [sys.executable, "-m", "lockgate.cli", *args],
+            capture_output=True,
+            text=True,
+            input=input,
+            check=check,
+            timeout=60,
+        )
+    from click.testing import CliRunner
+
+    from lockgate.cli import main
+
+    result = CliRunner().invoke(main, list(args), input=input)
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        # What the interpreter would print before exiting with status 1.
+        stderr += "".join(traceback.format_exception(result.exception))
+    done = subprocess.CompletedProcess(["lockgate", *args], result.exit_code, result.stdout, stderr)
+    if check:
+        done.check_returncode()
+    return done

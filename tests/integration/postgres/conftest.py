@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
-from tests.conftest import free_port, issue_token
+from tests.conftest import free_port, issue_token, run_cli
 
 REPO = Path(__file__).resolve().parents[3]
 LOCKGATE = [sys.executable, "-m", "lockgate.cli"]
@@ -39,14 +39,7 @@ class RunningGateway:
         self, *args: str, input: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
         """Run a `lockgate` command against this gateway's manifest."""
-        return subprocess.run(
-            [*LOCKGATE, *args, "-c", str(self.manifest_path)],
-            capture_output=True,
-            text=True,
-            input=input,
-            check=check,
-            timeout=60,
-        )
+        return run_cli([*args, "-c", str(self.manifest_path)], input=input, check=check)
 
     def token(
         self,

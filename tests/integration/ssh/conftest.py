@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 import yaml
-from tests.conftest import free_port, issue_token
+from tests.conftest import free_port, issue_token, run_cli
 
 SSHD = "/usr/sbin/sshd"
 LOCKGATE = [sys.executable, "-m", "lockgate.cli"]
@@ -156,13 +156,7 @@ class SshGateway:
         self.known_hosts = self.dir / "known_hosts"
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*LOCKGATE, *args, "-c", str(self.manifest_path)],
-            capture_output=True,
-            text=True,
-            check=check,
-            timeout=60,
-        )
+        return run_cli([*args, "-c", str(self.manifest_path)], check=check)
 
     def token(self, subject: str = "alice", groups: tuple[str, ...] = (GATEWAY_GROUP,)) -> str:
         return issue_token(self.manifest_path, subject, groups)
