@@ -204,13 +204,14 @@ def code_from_callback(target: str, request: AuthRequest) -> str:
 class CallbackListener:
     """A one-shot HTTP listener on 127.0.0.1 for the provider's redirect back to the CLI."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, idle_timeout: float = 5.0) -> None:
+        """`idle_timeout`: seconds a connection that sends nothing may hold the listener."""
         listener = self
         self.target: str | None = None
 
         class Handler(BaseHTTPRequestHandler):
             # Browsers open spare connections they may never send on: do not wait on them.
-            timeout = 5
+            timeout = idle_timeout
 
             def do_GET(self) -> None:
                 if urllib.parse.urlsplit(self.path).path != CALLBACK_PATH:

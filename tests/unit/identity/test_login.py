@@ -134,7 +134,8 @@ def test_the_listener_takes_one_callback_on_loopback_then_closes() -> None:
 
 
 def test_an_idle_browser_connection_does_not_block_the_callback() -> None:
-    listener = CallbackListener()
+    # A short idle timeout (the CLI's is 5 s): the listener must get past the idle connection.
+    listener = CallbackListener(idle_timeout=0.5)
     port = urllib.parse.urlsplit(listener.redirect_uri).port
     assert port is not None
     idle = socket.create_connection(("127.0.0.1", port))  # a browser's unused preconnect
