@@ -94,7 +94,13 @@ def run_cli(
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         # What the interpreter would print before exiting with status 1.
         stderr += "".join(traceback.format_exception(result.exception))
-    done = subprocess.CompletedProcess(["lockgate", *args], result.exit_code, result.stdout, stderr)
+    stdout, stderr = _universal(result.stdout), _universal(stderr)
+    done = subprocess.CompletedProcess(["lockgate", *args], result.exit_code, stdout, stderr)
     if check:
         done.check_returncode()
     return done
+
+
+def _universal(text: str) -> str:
+    """Newlines as `text=True` reads them from a pipe: CR LF and a lone CR become LF."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
