@@ -57,6 +57,7 @@ class RawSession:
     def __init__(self, port: int, token: str, database: str = "itdb") -> None:
         raw = socket.create_connection(("127.0.0.1", port), timeout=30)
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.local_address = f"127.0.0.1:{raw.getsockname()[1]}"
         raw.sendall(struct.pack("!ii", 8, 80877103))
         assert raw.recv(1) == b"S"
         ctx = ssl.create_default_context()
@@ -126,17 +127,22 @@ def _error_code(payload: bytes) -> str:
     return ""
 
 
-def _last_session(gateway: RunningGateway) -> dict[str, Any]:
-    """The newest session once it has ended (bounded wait), with its commands."""
-    for _ in range(30):
-        sessions = json.loads(gateway.cli("audit", "sessions", "--json", "--limit", "1").stdout)
-        if sessions and not sessions[0]["live"]:
-            shown: dict[str, Any] = json.loads(
-                gateway.cli("audit", "show", sessions[0]["id"], "--json").stdout
-            )
-            return shown
+def _ended_session(gateway: RunningGateway, client_address: str) -> dict[str, Any]:
+    """The session from `client_address` once it has ended (bounded wait), with its commands.
+
+    Found by address, not as the newest: until its start is ingested (asynchronously) the
+    newest session in the audit is an earlier test's.
+    """
+    for _ in range(100):
+        sessions = json.loads(gateway.cli("audit", "sessions", "--json", "--limit", "20").stdout)
+        for s in sessions:
+            if s["client_addr"] == client_address and not s["live"]:
+                shown: dict[str, Any] = json.loads(
+                    gateway.cli("audit", "show", s["id"], "--json").stdout
+                )
+                return shown
         time.sleep(0.1)
-    raise AssertionError("the last session never showed up as ended in the audit")
+    raise AssertionError(f"the session from {client_address} never showed up as ended")
 
 
 # ------------------------------------------------------------------ streaming and big values
@@ -265,7 +271,7 @@ def test_function_call_is_recorded(gateway: RunningGateway, raw: RawSession) -> 
     assert _types(msgs) == b"VZ"
     assert msgs[0][1] == struct.pack("!ii", 4, 42)
     raw.close()
-    commands = _last_session(gateway)["commands"]
+    commands = _ended_session(gateway, raw.local_address)["commands"]
     assert [c["text"] for c in commands] == ["-- fastpath function call (function oid 177)"]
     assert commands[0]["finished_at"] is not None
 
