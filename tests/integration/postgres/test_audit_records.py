@@ -19,7 +19,7 @@ pytestmark = pytest.mark.pg
 
 def _ended_session(gateway: RunningGateway, subject: str) -> dict[str, Any]:
     """The one session of `subject`, once the audit shows it ended (bounded wait)."""
-    for _ in range(40):
+    for _ in range(200):  # bounded (20 s): the audit is ingested asynchronously
         out = gateway.cli("audit", "sessions", "--subject", subject, "--json").stdout
         found: list[dict[str, Any]] = json.loads(out)
         if found and not found[0]["live"]:

@@ -56,7 +56,7 @@ def captured(
 
 def _replay(gw: RunningGateway, subject: str) -> dict[str, Any]:
     """The replay of `subject`'s one session, once it ended (bounded wait)."""
-    for _ in range(50):
+    for _ in range(200):  # bounded (20 s): the audit is ingested asynchronously
         listed = json.loads(gw.cli("audit", "sessions", "--subject", subject, "--json").stdout)
         if listed and not listed[0]["live"]:
             out = gw.cli("replay", listed[0]["id"], "--json").stdout
@@ -136,7 +136,7 @@ def test_capture_off_and_statements_without_rows(captured: RunningGateway) -> No
         assert conn.execute("select count(*) from people").fetchone() == (10,)
     with psycopg.connect(captured.dsn(tok, dbname="capped"), autocommit=True) as conn:
         conn.execute("create temp table t (x int)")
-    for _ in range(50):
+    for _ in range(200):
         listed = json.loads(
             captured.cli("audit", "sessions", "--subject", "cap-off", "--json").stdout
         )
