@@ -100,11 +100,13 @@ class SshRule(Strict):
 
     A rule matches a principal like an access rule does (no subjects and no groups: everyone)
     and a request by one of its lists: `commands` (exec commands and shell lines, as argv
-    patterns), `subsystems`, `paths`/`directions` (SFTP) or `forwarding`.
+    patterns), `shell` (opening an interactive shell), `subsystems`, `paths`/`directions`
+    (SFTP) or `forwarding`.
     """
 
     name: str
-    # `review` (commands only): an exec command waits for an approval rule's reviewers.
+    # `review` (commands and shells only): an exec command, or the opening of a shell,
+    # waits for an approval rule's reviewers.
     action: Literal["deny", "allow", "review"] = "deny"
     resources: list[str] = ["*"]
     subjects: list[str] = []
@@ -112,6 +114,8 @@ class SshRule(Strict):
     # Shell-style argv patterns: the first word matches the program (its base name or full
     # path), every further word must match some argument. `rm -r*`, `shutdown`, `*`.
     commands: list[str] = []
+    # The rule governs opening an interactive shell (a session with no command).
+    shell: bool = False
     subsystems: list[str] = []
     # SFTP paths (shell-style; `/etc/*` covers everything below /etc) and directions.
     paths: list[str] = []
@@ -126,11 +130,16 @@ class SshRule(Strict):
     @model_validator(mode="after")
     def _matches_something(self) -> SshRule:
         if not (
-            self.commands or self.subsystems or self.paths or self.directions or self.forwarding
+            self.commands
+            or self.shell
+            or self.subsystems
+            or self.paths
+            or self.directions
+            or self.forwarding
         ):
             raise ValueError(
-                "a rule must name what it governs: commands, subsystems, paths, directions "
-                "or forwarding"
+                "a rule must name what it governs: commands, shell, subsystems, paths, "
+                "directions or forwarding"
             )
         if self.destinations and not {"local", "remote"} & set(self.forwarding):
             raise ValueError("destinations apply to forwarding: [local] and [remote] only")
@@ -138,7 +147,8 @@ class SshRule(Strict):
             self.subsystems or self.paths or self.directions or self.forwarding
         ):
             raise ValueError(
-                "action: review holds exec commands only: give it commands and nothing else"
+                "action: review holds exec commands and shells only: give it commands and/or "
+                "shell: true, and nothing else"
             )
         return self
 

@@ -49,7 +49,7 @@ class Unparsable(ValueError):
 class SshRequest:
     """Something an SSH client asks for, as policy sees it."""
 
-    kind: str  # exec, shell-line, subsystem, file, forward
+    kind: str  # exec, shell, shell-line, subsystem, file, forward
     text: str = ""
     subsystem: str = ""
     path: str = ""
@@ -239,6 +239,11 @@ class SshPolicy:
         if request.kind == "shell-line":
             # A `review` decision holds the typed line at the prompt (ssh_channel).
             return self._command(rules, request)
+        if request.kind == "shell":
+            for r in rules:
+                if r.rule.shell:
+                    return r.decision("an interactive shell")
+            return ALLOW
         if request.kind == "subsystem":
             for r in rules:
                 if any(fnmatchcase(request.subsystem, p) for p in r.rule.subsystems):

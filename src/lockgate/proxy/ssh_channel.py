@@ -259,7 +259,9 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
         if admission.command.decision.kind is DecisionKind.REVIEW:
             self._holding = True
             try:
-                admission, status = await self._review(admission)
+                admission, status = await self._review(
+                    admission, "shell" if self.kind == "shell" else "command"
+                )
             finally:
                 self._holding = False
         try:

@@ -376,6 +376,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, sshd: Target) -> Iterator[
             "directions": ["upload", "modify"],
             "message": "contractors may not change files",
         },
+        {"name": "no-shells-for-auditors", "groups": ["auditors"], "shell": True},
     ]
     manifest = ssh_manifest(free_port(), sshd, rules=rules)
     gw = start_ssh_gateway(tmp_path_factory.mktemp("ssh-gateway"), manifest, sshd)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.integration.ssh.conftest import SshGateway, Terminal, ended_session
+from tests.integration.ssh.conftest import GATEWAY_GROUP, SshGateway, Terminal, ended_session
 
 from lockgate.proxy.ssh_recording import read_cast
 
@@ -64,3 +64,19 @@ def test_typed_line_matching_a_deny_rule_ends_the_session(
     assert by_kind["ssh.shell-line"]["text"] == f"rm -rf {marker}"
     assert by_kind["ssh.shell-line"]["decision"] == "deny"
     assert by_kind["ssh.shell"]["status"].startswith("ended by rule")
+
+
+def test_a_shell_rule_refuses_the_shell_but_not_commands(gateway: SshGateway) -> None:
+    token = gateway.token("auditor", groups=(GATEWAY_GROUP, "auditors"))
+    r = gateway.ssh(token, input=b"echo should-not-run\n")
+    assert r.returncode != 0
+    assert b"should-not-run" not in r.stdout
+    assert b"rule 'no-shells-for-auditors' denies an interactive shell" in r.stderr
+    (shell,) = ended_session(gateway, "auditor", n_commands=1)["commands"]
+    assert (shell["kind"], shell["decision"], shell["rule"]) == (
+        "ssh.shell",
+        "deny",
+        "no-shells-for-auditors",
+    )
+    r = gateway.ssh(token, "echo", "commands-run")
+    assert r.returncode == 0 and r.stdout == b"commands-run\n", r.stderr

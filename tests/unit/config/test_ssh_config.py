@@ -84,10 +84,13 @@ def test_unknown_protocol_and_rules_that_match_nothing() -> None:
     assert any("ssh.rules[0]: a rule must name what it governs" in e for e in errors_of(text))
 
 
-def test_review_rules_govern_commands_only() -> None:
+def test_review_rules_govern_commands_and_shells_only() -> None:
     text = VALID.replace(
         "      commands: [reboot]\n", "      action: review\n      paths: [/etc/*]\n"
     )
-    assert any("action: review holds exec commands only" in e for e in errors_of(text))
+    assert any("action: review holds exec commands and shells only" in e for e in errors_of(text))
     ok = VALID.replace("      commands: [reboot]\n", "      action: review\n      commands: [x]\n")
     assert load_manifest_text(ok).ssh.rules[0].action == "review"
+    held = "      action: review\n      shell: true\n"
+    shells = VALID.replace("      commands: [reboot]\n", held)
+    assert load_manifest_text(shells).ssh.rules[0].shell

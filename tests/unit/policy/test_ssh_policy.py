@@ -211,3 +211,29 @@ def test_an_sftp_server_run_as_a_command_meets_the_sftp_subsystem_rules() -> Non
     assert runs_sftp_server("/usr/lib/openssh/sftp-server")
     assert not runs_sftp_server("echo sftp-server")
     assert not runs_sftp_server("cat 'unbalanced")
+
+
+def test_shell_rules_govern_opening_an_interactive_shell() -> None:
+    policy = _policy(
+        {"name": "ops-shells", "action": "allow", "groups": ["ops"], "shell": True},
+        {"name": "shells-reviewed", "action": "review", "shell": True, "commands": ["sudo"]},
+    )
+    shell = SshRequest("shell", text="shell (pty xterm 80x24)")
+    assert policy.decide(ALICE, "web", shell).allowed  # ops: the allow rule comes first
+    held = policy.decide(BOB, "web", shell)
+    assert (held.kind, held.rule) == (DecisionKind.REVIEW, "shells-reviewed")
+    assert "an interactive shell" in held.reason
+    # A shell rule says nothing about exec commands; its commands do.
+    assert policy.decide(BOB, "web", SshRequest("exec", text="ls")).allowed
+    assert policy.decide(BOB, "web", SshRequest("exec", text="sudo ls")).kind is DecisionKind.REVIEW
+    # No shell rule: shells are allowed (command rules still check typed lines).
+    assert _policy({"name": "x", "commands": ["rm"]}).decide(BOB, "web", shell).allowed
+
+
+def test_a_shell_rule_is_a_rule_and_review_takes_shells() -> None:
+    _policy({"name": "no-shells", "shell": True})
+    _policy({"name": "held-shells", "action": "review", "shell": True})
+    with pytest.raises(ValueError, match="review holds exec commands and shells only"):
+        _policy({"name": "bad", "action": "review", "shell": True, "subsystems": ["sftp"]})
+    with pytest.raises(ValueError, match="commands, shell, subsystems"):
+        _policy({"name": "empty"})
