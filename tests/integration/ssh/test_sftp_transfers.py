@@ -167,12 +167,14 @@ def test_rsync_over_ssh_both_ways_and_its_paths_meet_the_rules(
     for name, data in files.items():
         assert (tmp_path / "up" / name).read_bytes() == data
         assert (tmp_path / "down" / name).read_bytes() == data
-    # A path rule holds for rsync as for sftp and scp: no download from /etc.
+    # A path rule holds for rsync as for sftp and scp: no download from /etc. (A subject of
+    # its own: the newest ended session of rsync-user could still be one of the two above.)
+    token = gateway.token("rsync-etc")
     r = _rsync(gateway, token, "target@127.0.0.1:/etc/hostname", str(tmp_path / "h"))
     assert r.returncode != 0
     assert b"rule 'no-etc-download' denies download of '/etc/hostname' (rsync)" in r.stderr
     assert not (tmp_path / "h").exists()
-    session = ended_session(gateway, "rsync-user")
+    session = ended_session(gateway, "rsync-etc")
     (cmd,) = [c for c in session["commands"] if c["decision"] == "deny"]
     assert (cmd["kind"], cmd["rule"]) == ("ssh.exec", "no-etc-download")
     assert cmd["text"].startswith("rsync --server --sender ")
