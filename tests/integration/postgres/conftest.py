@@ -6,6 +6,7 @@ that group `it` may reach. Tests that need other manifests call `gateway_factory
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -65,6 +66,20 @@ class RunningGateway:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def sessions(self, subject: str) -> list[dict[str, Any]]:
+        """`lockgate audit sessions --subject SUBJECT`, newest first ([] if it fails)."""
+        out = self.cli("audit", "sessions", "--subject", subject, "--json", check=False)
+        return list(json.loads(out.stdout)) if out.returncode == 0 else []
+
+    def recorded_sessions(self, subject: str) -> list[dict[str, Any]]:
+        """The sessions of `subject`, newest first, once one is recorded (ingested async)."""
+        for _ in range(150):
+            rows = self.sessions(subject)
+            if rows:
+                return rows
+            time.sleep(0.1)
+        raise AssertionError(f"no session of {subject} recorded")
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -7,11 +7,9 @@ has expired is refreshed by `lockgate psql` before it connects).
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,21 +95,6 @@ def _psql(gw: RunningGateway, env: dict[str, str], sql: str) -> subprocess.Compl
     )
 
 
-def _sessions(gw: RunningGateway, subject: str) -> list[dict[str, object]]:
-    out = gw.cli("audit", "sessions", "--subject", subject, "--json", check=False)
-    return json.loads(out.stdout) if out.returncode == 0 else []
-
-
-def _recorded_sessions(gw: RunningGateway, subject: str) -> list[dict[str, object]]:
-    """The sessions of `subject`, newest first, once one is recorded (ingested async)."""
-    for _ in range(150):
-        rows = _sessions(gw, subject)
-        if rows:
-            return rows
-        time.sleep(0.1)
-    raise AssertionError(f"no session of {subject} recorded")
-
-
 def test_login_then_psql_through_the_gateway(
     gw: RunningGateway, provider: str, home: dict[str, str]
 ) -> None:
@@ -120,7 +103,7 @@ def test_login_then_psql_through_the_gateway(
     out = _psql(gw, home, "SELECT 'hello from ' || current_database()")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().startswith("hello from lockgate_it_")
-    rows = _recorded_sessions(gw, SUB)
+    rows = gw.recorded_sessions(SUB)
     assert rows and rows[0]["issuer"] == provider and rows[0]["resource"] == "itdb"
     token = store.load(Path(home["XDG_CONFIG_HOME"]) / "lockgate" / "credentials.json")
     assert token.pick(provider).id_token not in gw.log()
@@ -181,4 +164,4 @@ def test_an_expired_login_is_refreshed_before_psql_connects(
     assert last["grant_type"] == "refresh_token" and last["refresh_token"] == refresh_token
     fresh = store.load(path).pick(issuer.url)
     assert fresh.id_token != expired and fresh.refresh_token != refresh_token
-    assert _recorded_sessions(gw, "dora")[0]["issuer"] == issuer.url
+    assert gw.recorded_sessions("dora")[0]["issuer"] == issuer.url

@@ -129,26 +129,11 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def _sessions(gw: RunningGateway, subject: str) -> list[dict[str, Any]]:
-    out = gw.cli("audit", "sessions", "--subject", subject, "--json", check=False)
-    return json.loads(out.stdout) if out.returncode == 0 else []
-
-
-def _recorded_sessions(gw: RunningGateway, subject: str) -> list[dict[str, Any]]:
-    """The sessions of `subject`, newest first, once one is recorded (ingested async)."""
-    for _ in range(150):
-        rows = _sessions(gw, subject)
-        if rows:
-            return rows
-        time.sleep(0.1)
-    raise AssertionError(f"no session of {subject} recorded")
-
-
 def _ended_session(gw: RunningGateway, subject: str) -> dict[str, Any]:
     """The newest session of `subject` once its end is recorded (the audit is ingested async)."""
     rows: list[dict[str, Any]] = []
     for _ in range(150):
-        rows = _sessions(gw, subject)
+        rows = gw.sessions(subject)
         if rows and rows[0].get("end_reason"):
             return rows[0]
         time.sleep(0.2)
@@ -171,7 +156,7 @@ def test_psycopg_connects_with_an_oidc_token(gw: RunningGateway, idp: TestIssuer
     token = idp.token(sub="olivia", aud=AUDIENCE, groups=["it"])
     with psycopg.connect(gw.dsn(token, user="olivia")) as conn:
         assert conn.execute("SELECT 40 + 2").fetchone() == (42,)
-    [row] = _recorded_sessions(gw, "olivia")[:1]
+    [row] = gw.recorded_sessions("olivia")[:1]
     assert row["issuer"] == idp.url
     assert row["principal_kind"] == "human"
 
@@ -204,7 +189,7 @@ def test_a_ci_job_token_as_pgpassword_with_psql(gw: RunningGateway, github: Test
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.strip() == "deployed"
     assert (
-        _recorded_sessions(gw, "gh:repo:acme/api:ref:refs/heads/main")[0]["principal_kind"]
+        gw.recorded_sessions("gh:repo:acme/api:ref:refs/heads/main")[0]["principal_kind"]
         == "machine"
     )
 
@@ -219,7 +204,7 @@ def test_a_real_id_token_from_oidc_provider_mock(gw: RunningGateway, provider: s
     token = mock_id_token(provider, "alice@example.com")
     with psycopg.connect(gw.dsn(token)) as conn:
         assert conn.execute("SELECT current_database() IS NOT NULL").fetchone() == (True,)
-    assert _recorded_sessions(gw, "alice@example.com")[0]["issuer"] == provider
+    assert gw.recorded_sessions("alice@example.com")[0]["issuer"] == provider
 
 
 def _forgeries(idp: TestIssuer) -> dict[str, tuple[str, str]]:
