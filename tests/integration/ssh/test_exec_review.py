@@ -1,10 +1,11 @@
-"""`action: review` on an exec command or a line typed at a shell prompt: held through the
-approvals broker, run on approval, refused on denial, with the user told what it waits for
-and how to approve."""
+"""`action: review` on an exec command, a shell, or a line typed at a shell prompt: held
+through the approvals broker, run on approval, refused on denial, with the user told what it
+waits for and how to approve."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +34,7 @@ def reviewed(tmp_path_factory: pytest.TempPathFactory, sshd: Target) -> Iterator
         {"name": "hold-unreviewed", "action": "review", "commands": ["printf nobody-*"]},
         {"name": "hold-briefly", "action": "review", "commands": ["printf brief-*"]},
         {"name": "no-reboot", "commands": ["reboot"]},
+        {"name": "hold-shells", "action": "review", "shell": True, "groups": ["oncall"]},
     ]
     manifest = ssh_manifest(free_port(), sshd, rules=rules)
     manifest["approvals"] = {
@@ -45,6 +47,7 @@ def reviewed(tmp_path_factory: pytest.TempPathFactory, sshd: Target) -> Iterator
                 "reviewers": ["sre"],
                 "expires": "3s",
             },
+            {"name": "shells", "guardrails": ["hold-shells"], "reviewers": ["sre"]},
         ],
     }
     gw = start_ssh_gateway(tmp_path_factory.mktemp("ssh-review"), manifest, sshd)
@@ -227,3 +230,31 @@ def test_a_held_line_nobody_decides_expires_and_is_cleared(
     assert not marker.exists()
     record = _line_record(reviewed, "typist-waits")
     assert (record["decision"], record["status"]) == ("deny", "review expired")
+
+
+def test_a_held_shell_opens_once_a_reviewer_approves(reviewed: SshGateway) -> None:
+    """`shell: true` with `action: review`: just-in-time shell access."""
+    token = reviewed.token("oncaller", groups=("ops", "oncall"))
+    proc = subprocess.Popen(
+        ["ssh", *reviewed.ssh_options(), "-p", str(reviewed.port), reviewed.login()],
+        env=reviewed.client_env(token),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None
+    # Typed before the shell exists: it waits with the held channel, then runs.
+    proc.stdin.write(b"echo shell-opened\nexit\n")
+    proc.stdin.flush()  # (finish closes it)
+    req = _pending(reviewed, "shell")
+    assert (req["requester"], req["guardrail"]) == ("oncaller", "hold-shells")
+    assert proc.poll() is None  # still waiting
+    reviewed.cli(
+        "reviews", "approve", req["id"], "--reason", "INC-7", "--as", "root", "--group", "sre"
+    )
+    code, out, err = finish(proc)
+    assert (code, out) == (0, b"shell-opened\n"), err
+    assert b"this shell is held for review (rule: hold-shells)" in err
+    (shell,) = ended_session(reviewed, "oncaller")["commands"]
+    assert (shell["kind"], shell["decision"]) == ("ssh.shell", "allow")
+    assert req["id"] in shell["reason"]
