@@ -209,10 +209,8 @@ def _send_data(conn: Any, args: tuple[bytes, ...], padding: _Padding) -> bool:
     else:
         # chacha20-poly1305@openssh.com: the length under the second key, the packet under
         # the first from block 1, its block 0 keying Poly1305 over both.
-        nonce = _CHACHA_BLOCK_0 + seq.to_bytes(8, "big")
+        nonce, stream, poly = _chacha_packet(cipher, seq)
         header = _chacha(cipher._adkey, nonce).update(header)
-        stream = _chacha(cipher._key, nonce)
-        poly = Poly1305(stream.update(_CHACHA_ZEROS)[:32])
         body = stream.update(plain)
         poly.update(header)
         poly.update(body)
@@ -229,6 +227,13 @@ def _send_data(conn: Any, args: tuple[bytes, ...], padding: _Padding) -> bool:
 
 def _chacha(key: bytes, nonce: bytes) -> Any:
     return Cipher(ChaCha20(key, nonce), mode=None).encryptor()
+
+
+def _chacha_packet(cipher: Any, seq: int) -> tuple[bytes, Any, Poly1305]:
+    """Packet `seq`'s nonce, its ChaCha20 stream from block 1, and Poly1305 keyed by block 0."""
+    nonce = _CHACHA_BLOCK_0 + seq.to_bytes(8, "big")
+    stream = _chacha(cipher._key, nonce)
+    return nonce, stream, Poly1305(stream.update(_CHACHA_ZEROS)[:32])
 
 
 def _aesgcm(cipher: Any) -> AESGCM:
@@ -266,9 +271,7 @@ class _LeanChacha(ChachaEncryption):
     def decrypt_packet(
         self, seq: int, first: bytes, rest: bytes, header_len: int, mac: bytes
     ) -> bytes | None:
-        cipher: Any = self._cipher
-        stream = _chacha(cipher._key, _CHACHA_BLOCK_0 + seq.to_bytes(8, "big"))
-        poly = Poly1305(stream.update(_CHACHA_ZEROS)[:32])
+        _, stream, poly = _chacha_packet(self._cipher, seq)
         poly.update(first)
         poly.update(rest)
         try:
