@@ -1,7 +1,11 @@
-"""Build the optional C row-rewrite kernel of masking (the rest is in pyproject.toml).
+"""Build the optional C kernels (the rest is in pyproject.toml).
 
-`optional=True`: without a C compiler or OpenSSL headers the install still succeeds and
-masking uses the pure-Python kernel (lockgate/masking/rowkernel.py).
+- masking's row-rewrite kernel (lockgate/masking/_rowkernel.c, needs OpenSSL headers);
+- the PostgreSQL codec's framing kernel (lockgate/protocols/postgres/_framing.c).
+
+`optional=True`: without a C compiler (or OpenSSL headers) the install still succeeds and
+the pure-Python twins are used (lockgate/masking/rowkernel.py, the `*_py` functions of
+lockgate/protocols/postgres/messages.py).
 """
 
 from setuptools import Extension, setup
@@ -14,6 +18,12 @@ setup(
             libraries=["crypto"],
             extra_compile_args=["-O2"],
             optional=True,
-        )
+        ),
+        Extension(
+            "lockgate.protocols.postgres._framing",
+            ["src/lockgate/protocols/postgres/_framing.c"],
+            extra_compile_args=["-O2"],
+            optional=True,
+        ),
     ]
 )

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import struct
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -158,3 +160,109 @@ def test_bind_bodies_decode_or_raise_protocol_violation(body: bytes) -> None:
     texts = m.bind_param_texts(bind)
     assert len(texts) == len(bind.params)
     assert [t is None for t in texts] == [p is None for p in bind.params]
+
+
+# --- the compiled framing kernel against its Python reference ---------------------------
+
+compiled = pytest.mark.skipif(
+    m.SPLIT_COMPILED is None, reason="the framing kernel is not compiled here (no C compiler)"
+)
+
+
+def _split_py(buf: bytes | bytearray, start: int, limit: int) -> Any:
+    try:
+        return m.split_messages_py(buf, start, limit)
+    except m.ProtocolViolation as exc:
+        return ("raised", exc.message)
+
+
+def _split_c(buf: bytes | bytearray, start: int, limit: int) -> Any:
+    try:
+        return m.split_messages(buf, start, limit)
+    except m.ProtocolViolation as exc:
+        return ("raised", exc.message)
+
+
+@compiled
+@given(
+    frames,
+    st.binary(max_size=12),
+    st.integers(min_value=0, max_value=40),
+    st.sampled_from([m.DEFAULT_MAX_MESSAGE, 4, 50, 200]),
+)
+def test_compiled_split_agrees_with_python(
+    msgs: list[tuple[bytes, bytes]], tail: bytes, start: int, limit: int
+) -> None:
+    buf = b"".join(m.message(t, p) for t, p in msgs) + tail
+    assert _split_c(buf, start, limit) == _split_py(buf, start, limit)
+    assert _split_c(bytearray(buf), start, limit) == _split_py(buf, start, limit)
+
+
+@compiled
+@given(st.binary(max_size=300), st.integers(min_value=0, max_value=8))
+def test_compiled_split_agrees_on_random_bytes(data: bytes, start: int) -> None:
+    assert _split_c(data, start, 100) == _split_py(data, start, 100)
+
+
+tags = st.one_of(
+    st.sampled_from(["SELECT 1", "SELECT 0", "INSERT 0 12", "BEGIN", "COPY 99", "UPDATE ", ""]),
+    st.text(max_size=12),
+    st.text(alphabet="0123456789 ", max_size=30),
+)
+answer_types = st.sampled_from([b"T", b"2", b"D", b"C", b"Z", b"E", b"1"])
+
+
+@st.composite
+def answers(draw: st.DrawFn) -> bytes:
+    """Mostly well-formed answers ([T|2] D* C Z), sometimes bent: other types, bad tags."""
+    parts = []
+    if draw(st.booleans()):
+        parts.append(m.message(draw(st.sampled_from([b"T", b"2"])), draw(payloads)))
+    parts += [m.message(b"D", draw(payloads)) for _ in range(draw(st.integers(0, 4)))]
+    tag = draw(tags).encode() + draw(st.sampled_from([b"\x00", b"", b"\x00x", b"\xff\x00"]))
+    parts.append(m.message(b"C", tag))
+    parts.append(m.message(b"Z", draw(st.sampled_from([b"I", b"T", b"E", b"", b"II"]))))
+    for _ in range(draw(st.integers(0, 1))):
+        at = draw(st.integers(0, len(parts)))
+        parts.insert(at, m.message(draw(answer_types), draw(payloads)))
+    data = b"".join(parts)
+    cut = draw(st.integers(0, 3))
+    return data[: len(data) - cut] if cut < len(data) else data
+
+
+@compiled
+@given(answers(), st.sampled_from([m.DEFAULT_MAX_MESSAGE, 40]))
+def test_compiled_answer_shape_agrees_with_python(data: bytes, limit: int) -> None:
+    assert m.ANSWER_COMPILED is not None
+    got = m.ANSWER_COMPILED(data, limit)
+    assert got == m.answer_shape_py(data, limit)
+    assert m.ANSWER_COMPILED(bytearray(data), limit) == got
+
+
+@given(answers())
+def test_answer_shape_is_what_the_message_loop_reads(data: bytes) -> None:
+    """A shape exactly when the messages are [T|2] D* C Z with a readable tag; its figures."""
+    shape = m.answer_shape_py(data)
+    try:
+        spans, used = m.split_messages_py(data)
+    except m.ProtocolViolation:
+        assert shape is None
+        return
+    kinds = b"".join(data[a : a + 1] for a, _ in spans).decode("latin-1")
+    usual = used == len(data) and re.fullmatch("[T2]?D*CZ", kinds) is not None
+    if usual:
+        c_off, c_end = spans[-2]
+        try:
+            tag = m.read_cstring(data, c_off + 5, c_end)[0]
+        except m.ProtocolViolation:
+            usual = False
+        usual = usual and spans[-1][1] - spans[-1][0] == 6
+    assert (shape is not None) == usual
+    if shape is None:
+        return
+    head_end, c_off, c_end, tag, rows, status = shape
+    assert (c_off, c_end) == spans[-2]
+    assert tag == m.read_cstring(data, c_off + 5, c_end)[0]
+    assert rows == m.command_tag_rows(tag)
+    assert status == data[-1]
+    assert head_end == (spans[0][1] if kinds[0] in "T2" else 0)

@@ -83,6 +83,11 @@ _FAIL_QUERY = m.message(b"Q", _FAIL_SQL + b"\x00")
 # A named statement: failing to parse it leaves the client's unnamed statement alone.
 _FAIL_PARSE = m.message(b"P", b"lockgate_refused\x00" + _FAIL_SQL + b"\x00\x00\x00")
 
+# ReadyForQuery's transaction status, by byte.
+_STATUS = {s: bytes((s,)) for s in b"ITE"}
+# The compiled framing kernel's whole-answer test (None without a C compiler).
+_ANSWER = m.answer_shape
+
 # Frontend message types that may appear after startup.
 _FRONTEND_TYPES = frozenset(b"QPBDCESHXFdcfp")
 
@@ -565,6 +570,11 @@ class PgRelay:
             buf: bytes | bytearray = self._ubuf
         else:
             buf = data
+            if _ANSWER is not None and self._masker is None and not self._watching:
+                # The usual chunk: one statement's whole answer (compiled framing only).
+                shape = _ANSWER(data, m.DEFAULT_MAX_MESSAGE)
+                if shape is not None and self._answered(data, shape):
+                    return
         try:
             spans, consumed = m.split_messages(buf)
         except m.ProtocolViolation as exc:
@@ -723,6 +733,58 @@ class PgRelay:
             cap.rows(pending[0].capture, buf, run, consumed)
         if consumed > flushed:
             write(buf[flushed:consumed] if flushed or consumed < len(buf) else buf)
+
+    def _answered(self, buf: bytes, shape: tuple[int, int, int, str, int | None, int]) -> bool:
+        """Settle `buf`, one statement's whole answer (`m.answer_shape`), in one step.
+
+        Does what the message-by-message loop of `_from_upstream` does with the same bytes,
+        in its two usual cases: a simple Query alone in flight, or the Bind/Execute/Sync of
+        a prepared statement. Returns False, having done nothing, in any other case.
+        """
+        head_end, c_off, c_end, tag, rows, status = shape
+        pending = self._pending
+        n = len(pending)
+        if n == 1:
+            done = pending[0]
+            if done.kind != _Q or done.local or (head_end and buf[0] != _T):
+                return False
+            pending.clear()
+            done.bytes_out += len(buf)
+        elif n == 3:
+            bind, done, sync = pending
+            if (
+                bind.kind != _B
+                or done.kind != _E
+                or sync.kind != _S
+                or buf[0] != _TWO
+                or bind.local
+                or done.local
+                or sync.local
+            ):
+                return False
+            pending.clear()
+            bind.bytes_out += head_end
+            done.bytes_out += c_end - head_end
+            sync.bytes_out += len(buf) - c_end
+        else:
+            return False
+        cap = self._capture
+        if cap is not None:
+            taken = done.capture
+            if head_end and buf[0] == _T:
+                cap.description(taken, buf[:head_end])
+            if c_off > head_end:
+                cap.rows(taken, buf, head_end, c_off)
+            cap.completed(taken, buf[c_off:c_end], rows)
+        done.status = tag
+        if done.kind == _E:
+            done.rows = rows
+        elif rows is not None:  # a Query's result sets add up (a chunk may hold the last)
+            done.rows = (done.rows or 0) + rows
+        self._tx_status = _STATUS.get(status) or bytes((status,))
+        self._finish(done)
+        self.client.write(buf)
+        return True
 
     # ================================================================ row gate
     def _watched_rows(

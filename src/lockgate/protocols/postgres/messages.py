@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from lockgate.protocols.postgres import sqlstate
 
@@ -159,12 +159,13 @@ def read_message(
     return type_, bytes(buf[5:end]), end
 
 
-def split_messages(
+def split_messages_py(
     buf: bytes | bytearray, start: int = 0, max_length: int = DEFAULT_MAX_MESSAGE
 ) -> tuple[list[tuple[int, int]], int]:
     """Find whole messages in `buf[start:]`: ([(offset, end), …], offset of the first partial).
 
     Offsets point at the type byte; `end` is one past the message. No bytes are copied.
+    The reference for the compiled `_framing.split`, which `split_messages` uses when built.
     """
     n = len(buf)
     unpack = _I32.unpack_from
@@ -187,6 +188,83 @@ def split_messages(
         spans.append((pos, end))
         pos = end
     return spans, pos
+
+
+def answer_shape_py(
+    buf: bytes | bytearray, max_length: int = DEFAULT_MAX_MESSAGE
+) -> tuple[int, int, int, str, int | None, int] | None:
+    """Whether `buf` is exactly one statement's whole answer: `[T|2] D* C Z`.
+
+    If so: (where the RowDescription or BindComplete ends (0: none), where the
+    CommandComplete starts, where it ends, its tag, the rows the tag reports, the
+    ReadyForQuery's transaction status byte); else None, also for anything malformed (the
+    relay's general path reads that message by message and reports it). The reference for
+    the compiled `_framing.answer`.
+    """
+    n = len(buf)
+    unpack = _I32.unpack_from
+
+    def whole(pos: int, kind: int) -> int:
+        if pos + 5 > n or (kind and buf[pos] != kind):
+            return -1
+        length = unpack(buf, pos + 1)[0]
+        end = pos + 1 + length
+        return end if 4 <= length <= max_length and end <= n else -1
+
+    pos = head_end = 0
+    if n and buf[0] in b"T2":
+        if (head_end := whole(0, 0)) < 0:
+            return None
+        pos = head_end
+    while pos < n and buf[pos] == 0x44:  # D
+        if (pos := whole(pos, 0x44)) < 0:
+            return None
+    c_off = pos
+    c_end = whole(pos, 0x43)  # C
+    if c_end < 0 or c_end + 6 != n or buf[c_end] != 0x5A or unpack(buf, c_end + 1)[0] != 5:
+        return None
+    nul = buf.find(b"\x00", c_off + 5, c_end)
+    if nul < 0:
+        return None
+    try:
+        tag = buf[c_off + 5 : nul].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return head_end, c_off, c_end, tag, command_tag_rows(tag), buf[c_end + 5]
+
+
+def _compiled() -> tuple[Any, Any]:
+    try:
+        from lockgate.protocols.postgres import _framing  # type: ignore[attr-defined]
+    except ImportError:
+        return None, None
+    return _framing.split, _framing.answer
+
+
+# The framing kernel (`_framing.c`, built at install when a C compiler is there) or None.
+SPLIT_COMPILED, ANSWER_COMPILED = _compiled()
+
+
+def split_messages(
+    buf: bytes | bytearray, start: int = 0, max_length: int = DEFAULT_MAX_MESSAGE
+) -> tuple[list[tuple[int, int]], int]:
+    """Find whole messages in `buf[start:]`: ([(offset, end), …], offset of the first partial).
+
+    Offsets point at the type byte; `end` is one past the message. No bytes are copied.
+    Raises ProtocolViolation on a length below 4 or above `max_length`.
+    """
+    split = SPLIT_COMPILED
+    if split is None:
+        return split_messages_py(buf, start, max_length)
+    try:
+        spans: tuple[list[tuple[int, int]], int] = split(buf, start, max_length)
+    except ValueError as exc:
+        raise ProtocolViolation(str(exc)) from None
+    return spans
+
+
+# Used by the relay only when compiled: in Python it costs about what it saves.
+answer_shape: Final = ANSWER_COMPILED
 
 
 # ---------------------------------------------------------------------------------------
