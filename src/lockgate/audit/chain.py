@@ -10,9 +10,12 @@ start or outcome, a refused connection) gets a row in `audit_events`:
     hash   = SHA-256(previous hash || digest)          (the first link: SHA-256 of the name)
 
 Events, not rows, are chained: a command's row is written at its start and completed with
-its outcome, and both are links. The canonical encoding is a JSON array of the values as
-the store keeps them (timestamps as UTC text to the microsecond, lists as their stored JSON
-text), so `verify` recomputes every digest from the rows it reads back.
+its outcome, and both are links; when the ingester writes a command and its outcome in one
+transaction (the usual case: the outcome follows within milliseconds) they are one link, an
+`X` event whose encoding holds both (half the hashing and event rows per statement). The
+canonical encoding is a JSON array of the values as the store keeps them (timestamps as UTC
+text to the microsecond, lists as their stored JSON text), so `verify` recomputes every
+digest from the rows it reads back.
 
 Each chain is named after the fingerprint of an Ed25519 key kept in the state folder
 (`audit-signing-key.pem`, mode 0600). Several gateway hosts sharing one PostgreSQL store
@@ -105,16 +108,24 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     ),
     "R": ("id", "at", "client_addr", "protocol", "resource", "subject", "code", "reason"),
 }
+# A command and its outcome chained as one event: the command's fields, then the outcome's.
+EVENT_FIELDS["X"] = EVENT_FIELDS["C"] + EVENT_FIELDS["F"][2:]
+# Kinds whose encoding holds a command's outcome (and so its masked cells, if any).
+OUTCOMES = frozenset({"F", "X"})
+# Kinds whose encoding holds a command's statement (indexed for search).
+STATEMENTS = frozenset({"C", "X"})
 # Fields an event's encoding holds only when the first is set (schema version 2): older
 # events, and outcomes without a captured result, encode exactly as before.
 OPTIONAL_FIELDS: dict[str, tuple[str, ...]] = {
     "F": ("result_sha256", "result_rows", "result_rows_dropped", "result_bytes_dropped"),
 }
+OPTIONAL_FIELDS["X"] = OPTIONAL_FIELDS["F"]
 KIND_NAMES = {
     "S": "session start",
     "E": "session end",
     "C": "command",
     "F": "command outcome",
+    "X": "command",  # with its outcome
     "R": "refused connection",
 }
 _TIMES = frozenset({"started_at", "ended_at", "finished_at", "at"})
@@ -168,7 +179,7 @@ def event_digest(kind: str, row: Mapping[str, Any]) -> bytes:
     optional = OPTIONAL_FIELDS.get(kind)
     if optional is not None and row.get(optional[0]) is not None:
         values.extend(row.get(name) for name in optional)
-    if kind == "F" and row.get("masked_cells") is not None:
+    if kind in OUTCOMES and row.get("masked_cells") is not None:
         # Tagged, so it cannot be read as result fields; pairs, so key order cannot differ.
         values.append(["masked", row["masked_cells"], masked_pairs(row.get("masked_by_rule"))])
     return hashlib.sha256(orjson.dumps(values)).digest()
@@ -200,7 +211,7 @@ class EventLayout:
         )
         self._masked = (
             (at["masked_cells"], at["masked_by_rule"])
-            if kind == "F" and "masked_cells" in at and "masked_by_rule" in at
+            if kind in OUTCOMES and "masked_cells" in at and "masked_by_rule" in at
             else None
         )
         if optional and self._optional is None:
@@ -484,7 +495,7 @@ class ChainWriter:
         self, kind: str, session_id: str | None, item: int | None, row: Mapping[str, Any]
     ) -> None:
         """Chain one event whose values `row` holds by column name."""
-        text = row["text"] if kind == "C" else None
+        text = row["text"] if kind in STATEMENTS else None
         seq, h = self._link(kind, session_id, item, event_digest(kind, row), text)
         if self.collect:
             self._out.append((kind, seq, h, row))

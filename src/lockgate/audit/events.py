@@ -12,19 +12,28 @@ from typing import Any
 
 import orjson
 
-from lockgate.audit.chain import EVENT_FIELDS, OPTIONAL_FIELDS, masked_pairs, ts_text
+from lockgate.audit.chain import EVENT_FIELDS, OPTIONAL_FIELDS, OUTCOMES, masked_pairs, ts_text
 
-SCHEMA_VERSION = 2
+# 3: a command chained with its outcome is one `command` event holding both.
+SCHEMA_VERSION = 3
 
 EVENT_TYPES: dict[str, str] = {
     "S": "session.start",
     "E": "session.end",
     "C": "command",
     "F": "command.outcome",
+    "X": "command",
     "R": "connection.refused",
 }
 # The field that says when each event happened, copied into `time`.
-_TIME_FIELD = {"S": "started_at", "E": "ended_at", "C": "started_at", "F": "finished_at", "R": "at"}
+_TIME_FIELD = {
+    "S": "started_at",
+    "E": "ended_at",
+    "C": "started_at",
+    "F": "finished_at",
+    "X": "started_at",
+    "R": "at",
+}
 _TIMES = frozenset({"started_at", "ended_at", "finished_at", "at"})
 # Stored as JSON text; shipped as JSON values.
 _JSON_TEXT = frozenset({"groups", "tables", "params"})
@@ -41,7 +50,12 @@ def iso(value: Any) -> str | None:
 
 
 def build(chain: str, kind: str, seq: int, hash_: bytes, row: Mapping[str, Any]) -> Event:
-    """The shipped form of one chained event."""
+    """The shipped form of one chained event.
+
+    A command chained with its outcome (`X`, the usual case) ships as one `command` event
+    that also holds the outcome's fields; a `command.outcome` event is shipped only for a
+    command that was chained before its outcome was known.
+    """
     event: Event = {
         "schema_version": SCHEMA_VERSION,
         "type": EVENT_TYPES[kind],
@@ -66,7 +80,7 @@ def build(chain: str, kind: str, seq: int, hash_: bytes, row: Mapping[str, Any])
     if optional is not None and row.get(optional[0]) is not None:
         for name in optional:
             event[name] = row.get(name)
-    if kind == "F" and row.get("masked_cells") is not None:
+    if kind in OUTCOMES and row.get("masked_cells") is not None:
         event["masked_cells"] = row["masked_cells"]
         event["masked_by_rule"] = dict(masked_pairs(row.get("masked_by_rule")))
     return event
@@ -76,6 +90,6 @@ def severity(event: Mapping[str, Any]) -> int:
     """The syslog severity of an event: warning for refusals and denials, else info."""
     if event["type"] == "connection.refused" or event.get("decision") in ("deny", "review"):
         return 4
-    if event["type"] == "command.outcome" and event.get("error_code"):
+    if event["type"] in ("command", "command.outcome") and event.get("error_code"):
         return 5
     return 6

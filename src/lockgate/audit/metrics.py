@@ -75,6 +75,13 @@ class AuditMetrics:
         self.last_commit = 0.0
         self._resources: dict[str, str] = {}
 
+    def _outcome(self, e: Event) -> None:
+        """Count a command's outcome (called with the lock held)."""
+        if e["error_code"]:
+            self.errors[(("code", str(e["error_code"])),)] += 1
+        for rule, cells in (e.get("masked_by_rule") or {}).items():
+            self.masked[(("rule", str(rule)),)] += cells
+
     def observe(self, events: Sequence[Event]) -> None:
         """Count one committed batch."""
         now = time.time()
@@ -96,11 +103,10 @@ class AuditMetrics:
                     self.decisions[
                         (("decision", str(e["decision"])), ("rule", str(e["rule"] or "")))
                     ] += 1
+                    if "finished_at" in e:  # chained with its outcome (schema version 3)
+                        self._outcome(e)
                 elif kind == "command.outcome":
-                    if e["error_code"]:
-                        self.errors[(("code", str(e["error_code"])),)] += 1
-                    for rule, cells in (e.get("masked_by_rule") or {}).items():
-                        self.masked[(("rule", str(rule)),)] += cells
+                    self._outcome(e)
                 elif kind == "connection.refused":
                     self.refusals[(("code", str(e["code"])), ("protocol", str(e["protocol"])))] += 1
             self.events += len(events)

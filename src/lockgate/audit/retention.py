@@ -30,6 +30,7 @@ from sqlalchemy.engine import Connection, Engine
 from lockgate.audit.chain import (
     FTS_SHIFT,
     KEY_FILE,
+    STATEMENTS,
     Checkpoint,
     chain_name,
     load_or_create_key,
@@ -314,7 +315,7 @@ def _seal(conn: Connection, events: list[Any], key: Any, signer: tuple[int, str]
                 .values(purge=cp_id)
             )
         if sqlite:
-            rowids = [(chain_id << FTS_SHIFT) | int(ev.seq) for ev in evs if ev.kind == "C"]
+            rowids = [(chain_id << FTS_SHIFT) | int(ev.seq) for ev in evs if ev.kind in STATEMENTS]
             for part in _chunks(rowids):
                 marks = ", ".join(str(int(r)) for r in part)
                 conn.execute(text(f"DELETE FROM {FTS_TABLE} WHERE rowid IN ({marks})"))

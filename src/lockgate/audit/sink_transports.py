@@ -138,7 +138,7 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 class WebhookTransport:
-    """POSTs `{"schema_version": 1, "events": [...]}`; any answer but 2xx is a failure."""
+    """POSTs `{"schema_version": N, "events": [...]}`; any answer but 2xx is a failure."""
 
     def __init__(self, config: WebhookSink) -> None:
         self.url = config.url

@@ -146,7 +146,7 @@ def verify(engine: Engine, state_dir: Path | None = None) -> Report:
 
 def _label(kind: str, session_id: str | None, item: int | None) -> str:
     what = KIND_NAMES.get(kind, kind)
-    if kind in ("C", "F"):
+    if kind in ("C", "F", "X"):
         return f"{what} #{item} of session {session_id}"
     if kind == "R":
         return f"{what} #{item}"
@@ -166,7 +166,7 @@ def _event_query(chain_id: int) -> Any:
         .outerjoin(
             commands,
             and_(
-                e.c.kind.in_(("C", "F")),
+                e.c.kind.in_(("C", "F", "X")),
                 commands.c.session_id == e.c.session_id,
                 commands.c.seq == e.c.item,
             ),
@@ -176,8 +176,15 @@ def _event_query(chain_id: int) -> Any:
     return select(*cols).select_from(joined).where(e.c.chain == chain_id).order_by(e.c.seq)
 
 
-_PREFIX = {"S": "s_", "E": "s_", "C": "c_", "F": "c_", "R": "r_"}
-_KEY = {"S": "s_id", "E": "s_id", "C": "c_session_id", "F": "c_session_id", "R": "r_id"}
+_PREFIX = {"S": "s_", "E": "s_", "C": "c_", "F": "c_", "X": "c_", "R": "r_"}
+_KEY = {
+    "S": "s_id",
+    "E": "s_id",
+    "C": "c_session_id",
+    "F": "c_session_id",
+    "X": "c_session_id",
+    "R": "r_id",
+}
 
 
 def _walk(
@@ -325,8 +332,8 @@ def _unchained(conn: Connection, sample: int = 5) -> list[Finding]:
     """Rows that no event describes: inserted directly into the store."""
     e = audit_events
 
-    def event(kind: str, *where: Any) -> Any:
-        return exists().where(e.c.kind == kind, *where)
+    def event(kinds: str, *where: Any) -> Any:
+        return exists().where(e.c.kind.in_(tuple(kinds)), *where)
 
     checks = [
         (
@@ -345,14 +352,14 @@ def _unchained(conn: Connection, sample: int = 5) -> list[Finding]:
         (
             "command",
             select(commands.c.session_id, commands.c.seq).where(
-                ~event("C", e.c.session_id == commands.c.session_id, e.c.item == commands.c.seq)
+                ~event("CX", e.c.session_id == commands.c.session_id, e.c.item == commands.c.seq)
             ),
         ),
         (
             "command outcome",
             select(commands.c.session_id, commands.c.seq).where(
                 commands.c.finished_at.is_not(None),
-                ~event("F", e.c.session_id == commands.c.session_id, e.c.item == commands.c.seq),
+                ~event("FX", e.c.session_id == commands.c.session_id, e.c.item == commands.c.seq),
             ),
         ),
         (

@@ -150,9 +150,10 @@ class _Statements:
             self.command_columns.index(name)
             for name in ("session_id", "seq", "text", "finished_at")
         )
+        # A command alone (its outcome comes in a later batch), or with its outcome.
         self.command_layouts = (
             EventLayout("C", self.command_columns),
-            EventLayout("F", self.command_columns),
+            EventLayout("X", self.command_columns),
         )
         self.finish_layout = EventLayout("F", self.finish_columns)
         self.end_layout = EventLayout("E", self.end_columns)
@@ -403,7 +404,10 @@ class StoreWriter:
             cur.executemany(sql.end_session, batch.sess_updates)
 
     def _write_chained(self, cur: Any, batch: Batch, chain: ChainWriter) -> None:
-        """Write the rows and chain one event per start, outcome, end and refusal."""
+        """Write the rows and chain one event per start, outcome, end and refusal.
+
+        A command whose outcome is in the same batch is one event with it (`X`).
+        """
         sql = self._sql
         if batch.sess_rows:
             sql.insert_sessions(cur, batch.sess_rows)
@@ -413,13 +417,14 @@ class StoreWriter:
         if batch.cmd_rows:
             sql.insert_commands(cur, batch.cmd_rows)
             names = sql.command_columns
-            started, finished = sql.command_layouts
+            started, completed = sql.command_layouts
             add = chain.add_row
             sid, seq, text, fin = sql.command_at
             for row in batch.cmd_rows:
-                add(started, "C", row[sid], row[seq], names, row, row[text])
-                if row[fin] is not None:
-                    add(finished, "F", row[sid], row[seq], names, row)
+                if row[fin] is None:
+                    add(started, "C", row[sid], row[seq], names, row, row[text])
+                else:
+                    add(completed, "X", row[sid], row[seq], names, row, row[text])
         if batch.refusal_rows:
             names = sql.refusal_columns
             for row in batch.refusal_rows:

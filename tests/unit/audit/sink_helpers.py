@@ -17,8 +17,8 @@ from lockgate.audit.sinks import EventObserver
 from lockgate.model import ClientInfo, Decision, DecisionKind
 
 REFUSED_FROM = ClientInfo("192.0.2.7:40000", "postgres")
-# Events of `record`: session start, 3 commands, 1 outcome, 1 refusal.
-RECORDED_EVENTS = 6
+# Events of `record`: session start, 3 commands (the first chained with its outcome), 1 refusal.
+RECORDED_EVENTS = 5
 
 
 async def record(journal_dir: Path, engine: Engine, sid: str = "s-1") -> None:

@@ -61,7 +61,8 @@ async def test_purge_deletes_expired_and_the_chain_still_verifies(
     assert (result.sessions, result.commands, result.refusals) == (3, 4, 1)
     assert [r.id for r in rows(filled, sessions)] == ["keep-1"]
     assert len(rows(filled, commands)) == 2 and not rows(filled, refusals)
-    assert result.events == 2 * 6 + 1 + 1
+    # old-1, old-2: start, 2 commands chained with their outcomes, end; live-1; a refusal.
+    assert result.events == 2 * 4 + 1 + 1
     report = verify(filled, journal_dir.parent)
     assert report.ok, report.findings()
     assert report.chains[0].purged == result.events

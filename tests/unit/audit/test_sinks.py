@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 import pytest
-from audit_builders import rows
+from audit_builders import DONE, rows
 from sink_helpers import RECORDED_EVENTS, Webhook, ingest, record, wait_for
 from sqlalchemy.engine import Engine
 
@@ -46,7 +46,6 @@ async def test_file_sink_gets_every_committed_event_with_its_chain_link(
     assert [e["type"] for e in events] == [
         "session.start",
         "command",
-        "command.outcome",
         "command",
         "command",
         "connection.refused",
@@ -54,7 +53,10 @@ async def test_file_sink_gets_every_committed_event_with_its_chain_link(
     assert {e["schema_version"] for e in events} == {SCHEMA_VERSION}
     stored = {r.seq: bytes(r.hash).hex() for r in rows(engine, audit_events)}
     assert {e["chain_seq"]: e["hash"] for e in events} == stored
-    start, denied, refused = events[0], events[4], events[5]
+    start, finished, unfinished, denied, refused = events
+    # A command chained with its outcome ships as one event holding both.
+    assert (finished["seq"], finished["status"], finished["rows"]) == (1, DONE.status, DONE.rows)
+    assert "finished_at" not in unfinished and "status" not in denied
     assert start["session_id"] == "s-1" and start["groups"] == ["dba", "eng"]
     assert start["time"].endswith("Z") and "T" in start["time"]
     assert denied["decision"] == "deny" and denied["rule"] == "no-ddl"
@@ -92,7 +94,7 @@ def test_a_file_sink_without_kept_files_starts_over(tmp_path: Path) -> None:
 
 SYSLOG = re.compile(
     rb'^<(\d+)>1 (\S+) (\S+) lockgate (\d+) (\S+) \[lockgate@32473 chain="([0-9a-f]+)" '
-    rb'seq="(\d+)" schema="2"\] \xef\xbb\xbf(\{.*\})$',
+    rb'seq="(\d+)" schema="3"\] \xef\xbb\xbf(\{.*\})$',
     re.S,
 )
 

@@ -164,7 +164,8 @@ async def test_chain_verifies_and_names_an_edit_on_postgresql(
     await rec.close()
     report = verify(pg_engine, tmp_path / "state")
     assert report.ok, report.findings()
-    assert report.chains[0].events == 6 and report.chains[0].head_checked
+    # Start, command 1 chained with its outcome, command 2, end, refusal.
+    assert report.chains[0].events == 5 and report.chains[0].head_checked
     execute(pg_engine, "UPDATE commands SET params = '[\"43\"]' WHERE seq = 1")
     (finding,) = verify(pg_engine).findings()
     assert finding.problem == "altered" and "command #1 of session s-1" in finding.detail
@@ -231,4 +232,4 @@ async def test_batches_copied_in_keep_every_value_and_verify(
         assert cmd["masked_by_rule"] == ({"pii\t1": i + 1} if (i + 1) % 3 == 0 else None)
     report = verify(pg_engine, tmp_path / "state")
     assert report.ok, report.findings()
-    assert report.chains[0].events == 1 + 2 * seq
+    assert report.chains[0].events == 1 + seq  # each command chained with its outcome

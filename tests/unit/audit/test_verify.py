@@ -66,6 +66,7 @@ def drop_last_event(engine: Engine) -> int:
         f" bytes_to_client = NULL WHERE id = '{sid}'",
         "C": f"DELETE FROM commands WHERE session_id = '{sid}' AND seq = {item}",
         "F": f"UPDATE commands SET finished_at = NULL WHERE session_id = '{sid}' AND seq = {item}",
+        "X": f"DELETE FROM commands WHERE session_id = '{sid}' AND seq = {item}",
         "R": f"DELETE FROM refusals WHERE id = {item}",
     }[last.kind]
     execute(engine, undo)
@@ -92,10 +93,10 @@ async def test_a_clean_store_verifies_with_counts(filled: Engine, journal_dir: P
     report = verify(filled, state(journal_dir))
     assert report.ok, report.findings()
     (chain,) = report.chains
-    # 3 sessions x (start, 3 x (command, outcome), end) + 1 refusal
-    assert chain.events == 3 * 8 + 1 == chain.last_seq == chain.sealed_seq
+    # 3 sessions x (start, 3 x command with its outcome, end) + 1 refusal
+    assert chain.events == 3 * 5 + 1 == chain.last_seq == chain.sealed_seq
     assert chain.checkpoints >= 1 and chain.head_checked
-    assert report.as_dict()["events"] == 25
+    assert report.as_dict()["events"] == 16
 
 
 def test_the_key_is_private_and_a_readable_one_is_refused(tmp_path: Path) -> None:
@@ -112,14 +113,14 @@ async def test_an_edited_command_is_named(filled: Engine, journal_dir: Path) -> 
     execute(filled, "UPDATE commands SET text = 'SELECT 0' WHERE session_id = 's-1' AND seq = 2")
     problem, position, detail = only_finding(verify(filled, state(journal_dir)))
     assert problem == "altered"
-    assert position == position_of(filled, "C", "s-1", 2)
+    assert position == position_of(filled, "X", "s-1", 2)
     assert "command #2 of session s-1" in detail
 
 
 async def test_an_edited_outcome_and_session_are_named(filled: Engine, journal_dir: Path) -> None:
     execute(filled, "UPDATE commands SET rows = 0 WHERE session_id = 's-2' AND seq = 3")
     problem, position, _ = only_finding(verify(filled, state(journal_dir)))
-    assert (problem, position) == ("altered", position_of(filled, "F", "s-2", 3))
+    assert (problem, position) == ("altered", position_of(filled, "X", "s-2", 3))
     execute(filled, "UPDATE sessions SET subject = 'mallory' WHERE id = 's-0'")
     problem, position, detail = only_finding(verify(filled, state(journal_dir)))
     assert (problem, position) == ("altered", position_of(filled, "S", "s-0", None))
@@ -129,7 +130,7 @@ async def test_an_edited_outcome_and_session_are_named(filled: Engine, journal_d
 async def test_a_deleted_command_is_named(filled: Engine, journal_dir: Path) -> None:
     execute(filled, "DELETE FROM commands WHERE session_id = 's-1' AND seq = 3")
     problem, position, detail = only_finding(verify(filled, state(journal_dir)))
-    assert (problem, position) == ("deleted", position_of(filled, "C", "s-1", 3))
+    assert (problem, position) == ("deleted", position_of(filled, "X", "s-1", 3))
     assert "was deleted" in detail
 
 
@@ -179,7 +180,7 @@ async def test_a_rewritten_chain_fails_its_signed_checkpoint(
         prev = genesis(chain.name)
         for ev in events:
             m = ev._mapping
-            prefix = {"S": "s_", "E": "s_", "C": "c_", "F": "c_", "R": "r_"}[m["kind"]]
+            prefix = {"S": "s_", "E": "s_", "C": "c_", "F": "c_", "X": "c_", "R": "r_"}[m["kind"]]
             values = {k[len(prefix) :]: v for k, v in m.items() if k.startswith(prefix)}
             digest = event_digest(m["kind"], values)
             prev = link(prev, digest)
@@ -189,44 +190,70 @@ async def test_a_rewritten_chain_fails_its_signed_checkpoint(
                 .values(digest=digest, hash=prev)
             )
     problem, position, detail = only_finding(verify(filled))
-    assert problem == "checkpoint" and position == 25
+    assert problem == "checkpoint" and position == 16
     assert "differs from what its periodic checkpoint signed" in detail
     # A forged signature does not help.
     execute(
-        filled, "UPDATE audit_checkpoints SET hash = (SELECT hash FROM audit_events WHERE seq = 25)"
+        filled, "UPDATE audit_checkpoints SET hash = (SELECT hash FROM audit_events WHERE seq = 16)"
     )
     problem, _, detail = only_finding(verify(filled))
     assert problem == "checkpoint" and "invalid signature" in detail
 
 
 async def test_records_deleted_at_the_end_are_named(filled: Engine, journal_dir: Path) -> None:
-    assert drop_last_event(filled) == 25
+    assert drop_last_event(filled) == 16
     problem, position, detail = only_finding(verify(filled))
-    assert (problem, position) == ("deleted", 25)
-    assert "a signed checkpoint covers position 25" in detail
+    assert (problem, position) == ("deleted", 16)
+    assert "a signed checkpoint covers position 16" in detail
 
 
 async def test_the_head_file_anchors_events_after_the_last_checkpoint(
     filled: Engine, journal_dir: Path
 ) -> None:
-    assert drop_last_event(filled) == 25
+    assert drop_last_event(filled) == 16
     execute(filled, "DELETE FROM audit_checkpoints")
     assert verify(filled).ok  # the store alone cannot tell
     problem, position, detail = only_finding(verify(filled, state(journal_dir)))
-    assert (problem, position) == ("deleted", 25) and "this host wrote them" in detail
+    assert (problem, position) == ("deleted", 16) and "this host wrote them" in detail
 
 
 async def test_an_ingester_that_finds_its_chain_shortened_signs_a_break(
     filled: Engine, journal_dir: Path
 ) -> None:
-    assert drop_last_event(filled) == 25
+    assert drop_last_event(filled) == 16
     execute(filled, "DELETE FROM audit_checkpoints")
     await fill(filled, journal_dir, n_sessions=0)  # the next start appends a refusal
     report = verify(filled)
     problem, position, detail = only_finding(report)
-    assert (problem, position) == ("break", 25)
+    assert (problem, position) == ("break", 16)
     assert "shorter than it had left it" in detail
-    assert report.chains[0].last_seq == 25  # the new refusal took position 25 again
+    assert report.chains[0].last_seq == 16  # the new refusal took position 16 again
+
+
+async def test_an_outcome_ingested_after_its_command_is_its_own_event(
+    engine: Engine, journal_dir: Path
+) -> None:
+    """A command chained before its outcome was known (a long statement) gets C, then F."""
+    rec = AuditRecorder(engine, journal_dir, ingest=False)
+    await rec.start()
+    await rec.session_started(make_session("s-1"))
+    await rec.command_started(make_command("s-1", 1, "SELECT pg_sleep(600)"))
+    await rec.command_started(make_command("s-1", 2, "SELECT 2"))
+    rec.command_finished("s-1", 2, DONE)
+    await rec.sync()  # journaled: the next pass reads command 2 with its outcome
+    catch_up(engine, journal_dir)
+    rec.command_finished("s-1", 1, DONE)
+    await rec.close()
+    catch_up(engine, journal_dir)
+    kinds = [(r.kind, r.item) for r in sorted(rows(engine, audit_events), key=lambda r: r.seq)]
+    assert kinds == [("S", None), ("C", 1), ("X", 2), ("F", 1)]
+    assert verify(engine, state(journal_dir)).ok
+    execute(engine, "UPDATE commands SET rows = 0 WHERE session_id = 's-1' AND seq = 1")
+    problem, position, _ = only_finding(verify(engine, state(journal_dir)))
+    assert (problem, position) == ("altered", position_of(engine, "F", "s-1", 1))
+    execute(engine, "UPDATE commands SET finished_at = NULL, rows = NULL WHERE seq = 1")
+    (finding,) = verify(engine).findings()
+    assert finding.problem == "altered"  # the outcome event no longer matches its row
 
 
 async def test_outcomes_of_unknown_commands_are_not_chained(
@@ -312,7 +339,9 @@ def test_an_ingester_killed_mid_batch_leaves_a_verifiable_chain(
     report = verify(engine, journal_dir.parent)
     assert report.ok, report.findings()
     assert len(rows(engine, commands)) == n * 10
-    assert report.chains[0].events == n * 21
+    # Each session: its start, then 10 commands chained with their outcomes (the ingester
+    # reads a command and its outcome in the same pass: they are one journal append).
+    assert report.chains[0].events == n * 11
     assert rows(engine, audit_checkpoints)
 
 
