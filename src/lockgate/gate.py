@@ -368,14 +368,12 @@ class Gate:
             if watch is not None:
                 note += f"; actual rows watched by '{watch.rule}' (over {watch.threshold})"
             verdict = Verdict(Decision(DecisionKind.ALLOW, "", note), watch=watch)
+        if not self.manifest.audit.record_parameters:
+            params = None
+        # Positional: a frozen dataclass costs about twice as much built by keyword, and
+        # this runs once per statement.
         command = Command(
-            session_id=session.id,
-            seq=seq,
-            text=text,
-            kind=analysis.kind,
-            tables=analysis.tables,
-            params=params if self.manifest.audit.record_parameters else None,
-            decision=verdict.decision,
+            session.id, seq, text, analysis.kind, analysis.tables, params, verdict.decision
         )
         if verdict.decision.kind is DecisionKind.REVIEW:
             rule = self.approval_rules.for_statement(session.resource, verdict.decision.rule)

@@ -150,12 +150,9 @@ class SessionCapture:
             dropped = None  # a set without its tag (a suspended portal): not known
         else:
             dropped = max(0, taken.total_rows - taken.rows)
+        # Positional (format, data, rows, rows_dropped, bytes_dropped): once per statement.
         return CapturedResult(
-            format=FORMAT,
-            data=bytes(taken.data),
-            rows=taken.rows,
-            rows_dropped=dropped,
-            bytes_dropped=taken.seen_row_bytes - taken.row_bytes,
+            FORMAT, bytes(taken.data), taken.rows, dropped, taken.seen_row_bytes - taken.row_bytes
         )
 
 
