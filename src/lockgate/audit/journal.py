@@ -114,11 +114,12 @@ class JournalWriter:
         """Append framed records; durable (against a process crash) when this returns."""
         if self.broken:
             raise OSError(errno.EIO, "the audit journal failed earlier; start a new one")
-        view = memoryview(data)
         try:
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
+            written = os.write(self._fd, data)
+            if written < len(data):  # a short write (a signal, a full disk): write the rest
+                view = memoryview(data)
+                while written < len(data):
+                    written += os.write(self._fd, view[written:])
             if self.fsync:
                 os.fdatasync(self._fd)
         except OSError as exc:

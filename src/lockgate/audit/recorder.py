@@ -215,13 +215,13 @@ class AuditRecorder:
             return futs[0] if len(futs) == 1 else _all(futs)
         group = self._group
         records = group.records
-        records.extend(_command_record(c) for c in cmds)
+        records += map(_command_record, cmds)
         if group.futures:
             # Other write-ahead callers are waiting for this iteration's flush: join them.
             fut = self._loop.create_future()
             group.futures.append(fut)
             return fut
-        self._group = _Group([], [])
+        group.records = []  # no caller waits on this group: it stays, emptied
         # A linger timer that is set stays set: outcomes recorded after this write wait for
         # it (or the next write), and no timer is made and cancelled per command.
         assert self._journal is not None
