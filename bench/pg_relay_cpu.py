@@ -5,8 +5,9 @@ Usage: .venv/bin/python bench/pg_relay_cpu.py [--statements 20000] [--rounds 5]
 
 Drives a real `PgRelay` on a real `Gate` (temp SQLite state, write-ahead journal, statement
 analysis, result capture as configured by default) with the byte stream of `pgbench -S`:
-one Query (or Bind/Execute/Sync of a prepared statement) per chunk from the client, one
-RowDescription/DataRow/CommandComplete/ReadyForQuery chunk from the server. The two
+one Query (or Bind/Describe/Execute/Sync of a prepared statement) per chunk from the
+client, one ([BindComplete] RowDescription DataRow CommandComplete ReadyForQuery) chunk from
+the server. The two
 endpoints are in-memory byte counters, so what is timed is the relay's Python: framing,
 planning, analysis, policy, the journal record and its `write`, capture and the outcome.
 The audit ingester is not running (in `lockgate serve` it is the supervisor's work; see
@@ -90,25 +91,30 @@ access:
 """
 
 
-def _chunks(mode: str, n: int) -> tuple[list[bytes], bytes, bytes]:
-    """The client chunks, one per statement, the setup chunk and the response chunk."""
+def _chunks(mode: str, first: int, n: int) -> list[bytes]:
+    """The client chunks of statements `first` to `first + n`, one chunk per statement.
+
+    Simple mode: every text is new (as with pgbench's random keys), so the analysis is
+    served by statement shape, never by the exact text. Prepared mode: what libpq sends
+    for each execution of a prepared statement (Bind, Describe portal, Execute, Sync).
+    """
     if mode == "simple":
-        queries = [
-            m.message(b"Q", SQL.format(i % 1_000_000 + 1).encode() + b"\x00") for i in range(n)
-        ]
-        return queries, b"", ROWS + READY
-    # pgbench -M prepared: Parse once, then Bind(value) / Execute / Sync per statement.
-    parse = m.message(b"P", b"P0_1\x00" + PREPARED.encode() + b"\x00\x00\x00")
-    setup = parse + m.message(b"S", b"")
+        return [m.message(b"Q", SQL.format(i).encode() + b"\x00") for i in range(first, first + n)]
     chunks = []
-    for i in range(n):
+    for i in range(first, first + n):
         value = str(i % 1_000_000 + 1).encode()
         bind = b"\x00P0_1\x00\x00\x00\x00\x01" + len(value).to_bytes(4, "big") + value
         bind += b"\x00\x00"
-        chunks.append(
-            m.message(b"B", bind) + m.message(b"E", b"\x00\x00\x00\x00\x00") + m.message(b"S", b"")
-        )
-    return chunks, setup, m.message(b"2", b"") + ROWS + READY
+        chunks.append(m.message(b"B", bind) + DESCRIBE_PORTAL + EXECUTE + SYNC)
+    return chunks
+
+
+# pgbench -M prepared parses its statement once per session.
+SETUP = m.message(b"P", b"P0_1\x00" + PREPARED.encode() + b"\x00\x00\x00") + m.message(b"S", b"")
+DESCRIBE_PORTAL = m.message(b"D", b"P\x00")
+EXECUTE = m.message(b"E", b"\x00\x00\x00\x00\x00")
+SYNC = m.message(b"S", b"")
+ANSWERS = {"simple": ROWS + READY, "prepared": m.message(b"2", b"") + ROWS + READY}
 
 
 async def _run(args: argparse.Namespace) -> float:
@@ -124,17 +130,18 @@ async def _run(args: argparse.Namespace) -> float:
             client, upstream = _Counter(), _Counter()
             relay = PgRelay(gate, session, client, upstream, lambda _reason: None)  # type: ignore[arg-type]
             relay.start()
-            chunks, setup, answer = _chunks(args.mode, args.statements)
-            if setup:
-                relay._from_client(setup)
+            answer = ANSWERS[args.mode]
+            if args.mode == "prepared":
+                relay._from_client(SETUP)
                 relay._from_upstream(m.message(b"1", b"") + READY)
             from_client, from_upstream = relay._from_client, relay._from_upstream
-            for chunk in chunks[:WARMUP]:
+            for chunk in _chunks(args.mode, 0, WARMUP):
                 from_client(chunk)
                 from_upstream(answer)
             profile = cProfile.Profile() if args.profile else None
             best = float("inf")
-            for _ in range(args.rounds):
+            for r in range(args.rounds):
+                chunks = _chunks(args.mode, WARMUP + r * args.statements, args.statements)
                 t0 = time.process_time()
                 if profile is not None:
                     profile.enable()
@@ -150,7 +157,7 @@ async def _run(args: argparse.Namespace) -> float:
                 raise SystemExit("the relay forwarded nothing: the bench is broken")
             if profile is not None:
                 pstats.Stats(profile).sort_stats("tottime").print_stats(30)
-            return best * 1e6 / len(chunks)
+            return best * 1e6 / args.statements
         finally:
             await gate.close()
 

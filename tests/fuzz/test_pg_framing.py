@@ -209,15 +209,16 @@ tags = st.one_of(
     st.text(max_size=12),
     st.text(alphabet="0123456789 ", max_size=30),
 )
-answer_types = st.sampled_from([b"T", b"2", b"D", b"C", b"Z", b"E", b"1"])
+answer_types = st.sampled_from([b"T", b"2", b"D", b"C", b"Z", b"E", b"1", b"n", b"t", b"s"])
 
 
 @st.composite
 def answers(draw: st.DrawFn) -> bytes:
     """Mostly well-formed answers ([T|2] D* C Z), sometimes bent: other types, bad tags."""
     parts = []
-    if draw(st.booleans()):
-        parts.append(m.message(draw(st.sampled_from([b"T", b"2"])), draw(payloads)))
+    for kinds in ([b"1"], [b"2"], [b"T", b"n"]):
+        if draw(st.booleans()):
+            parts.append(m.message(draw(st.sampled_from(kinds)), draw(payloads)))
     parts += [m.message(b"D", draw(payloads)) for _ in range(draw(st.integers(0, 4)))]
     tag = draw(tags).encode() + draw(st.sampled_from([b"\x00", b"", b"\x00x", b"\xff\x00"]))
     parts.append(m.message(b"C", tag))
@@ -241,7 +242,7 @@ def test_compiled_answer_shape_agrees_with_python(data: bytes, limit: int) -> No
 
 @given(answers())
 def test_answer_shape_is_what_the_message_loop_reads(data: bytes) -> None:
-    """A shape exactly when the messages are [T|2] D* C Z with a readable tag; its figures."""
+    """A shape exactly when the messages are 1? 2? [Tn]? D* C Z with a readable tag."""
     shape = m.answer_shape_py(data)
     try:
         spans, used = m.split_messages_py(data)
@@ -249,20 +250,22 @@ def test_answer_shape_is_what_the_message_loop_reads(data: bytes) -> None:
         assert shape is None
         return
     kinds = b"".join(data[a : a + 1] for a, _ in spans).decode("latin-1")
-    usual = used == len(data) and re.fullmatch("[T2]?D*CZ", kinds) is not None
+    usual = used == len(data) and re.fullmatch("1?2?[Tn]?D*CZ", kinds) is not None
     if usual:
         c_off, c_end = spans[-2]
         try:
-            tag = m.read_cstring(data, c_off + 5, c_end)[0]
+            m.read_cstring(data, c_off + 5, c_end)
         except m.ProtocolViolation:
             usual = False
         usual = usual and spans[-1][1] - spans[-1][0] == 6
     assert (shape is not None) == usual
     if shape is None:
         return
-    head_end, c_off, c_end, tag, rows, status = shape
+    heads, ends, c_off, c_end, tag, rows, status = shape
+    assert heads.decode() == kinds[: len(heads)] and heads.strip(b"12Tn") == b""
+    assert ends == tuple(end for _, end in spans[: len(heads)])
+    assert "D" * (len(spans) - len(heads) - 2) == kinds[len(heads) : -2]
     assert (c_off, c_end) == spans[-2]
     assert tag == m.read_cstring(data, c_off + 5, c_end)[0]
     assert rows == m.command_tag_rows(tag)
     assert status == data[-1]
-    assert head_end == (spans[0][1] if kinds[0] in "T2" else 0)

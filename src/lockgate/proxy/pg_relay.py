@@ -85,8 +85,10 @@ _FAIL_PARSE = m.message(b"P", b"lockgate_refused\x00" + _FAIL_SQL + b"\x00\x00\x
 
 # ReadyForQuery's transaction status, by byte.
 _STATUS = {s: bytes((s,)) for s in b"ITE"}
-# The compiled framing kernel's whole-answer test (None without a C compiler).
+# The compiled framing kernel's whole-answer test (None without a C compiler), and which
+# request each message before an answer's rows settles (see `_answered`).
 _ANSWER = m.answer_shape
+_ANSWERS = {_ONE: _P, _TWO: _B, _T: _D, _NODATA: _D}
 
 # Frontend message types that may appear after startup.
 _FRONTEND_TYPES = frozenset(b"QPBDCESHXFdcfp")
@@ -734,47 +736,50 @@ class PgRelay:
         if consumed > flushed:
             write(buf[flushed:consumed] if flushed or consumed < len(buf) else buf)
 
-    def _answered(self, buf: bytes, shape: tuple[int, int, int, str, int | None, int]) -> bool:
+    def _answered(
+        self, buf: bytes, shape: tuple[bytes, tuple[int, ...], int, int, str, int | None, int]
+    ) -> bool:
         """Settle `buf`, one statement's whole answer (`m.answer_shape`), in one step.
 
         Does what the message-by-message loop of `_from_upstream` does with the same bytes,
-        in its two usual cases: a simple Query alone in flight, or the Bind/Execute/Sync of
-        a prepared statement. Returns False, having done nothing, in any other case.
+        in its usual cases: a simple Query alone in flight, or one extended-protocol
+        statement ([Parse] [Bind] [Describe] Execute Sync, as drivers send it). Returns
+        False, having done nothing, in any other case.
         """
-        head_end, c_off, c_end, tag, rows, status = shape
+        heads, ends, c_off, c_end, tag, rows, status = shape
         pending = self._pending
         n = len(pending)
+        rows_at = ends[-1] if ends else 0
         if n == 1:
             done = pending[0]
-            if done.kind != _Q or done.local or (head_end and buf[0] != _T):
+            if done.kind != _Q or done.local or heads not in (b"", b"T"):
                 return False
             pending.clear()
             done.bytes_out += len(buf)
-        elif n == 3:
-            bind, done, sync = pending
-            if (
-                bind.kind != _B
-                or done.kind != _E
-                or sync.kind != _S
-                or buf[0] != _TWO
-                or bind.local
-                or done.local
-                or sync.local
-            ):
-                return False
-            pending.clear()
-            bind.bytes_out += head_end
-            done.bytes_out += c_end - head_end
-            sync.bytes_out += len(buf) - c_end
+            described = done if heads else None
         else:
-            return False
+            if n != len(heads) + 2:
+                return False
+            ops = tuple(pending)
+            done, sync = ops[-2], ops[-1]
+            if done.kind != _E or sync.kind != _S or done.local or sync.local:
+                return False
+            for op, kind in zip(ops, heads, strict=False):
+                if op.kind != _ANSWERS[kind] or op.local:
+                    return False
+            pending.clear()
+            # The rows and the tag count towards the Execute (what the steps before it and
+            # the Sync received is recorded nowhere).
+            done.bytes_out += c_end - rows_at
+            described = ops[len(heads) - 1] if heads[-1:] == b"T" else None
         cap = self._capture
         if cap is not None:
+            if described is not None:  # the RowDescription: a Query's, or a Describe's
+                start = ends[-2] if len(ends) > 1 else 0
+                cap.description(described.capture, buf[start:rows_at])
             taken = done.capture
-            if head_end and buf[0] == _T:
-                cap.description(taken, buf[:head_end])
-            if c_off > head_end:
-                cap.rows(taken, buf, head_end, c_off)
+            if c_off > rows_at:
+                cap.rows(taken, buf, rows_at, c_off)
             cap.completed(taken, buf[c_off:c_end], rows)
         done.status = tag
         if done.kind == _E:

@@ -39,10 +39,17 @@ def rows(n: int) -> bytes:
     return b"".join(data_row(str(i).encode()) for i in range(n))
 
 
-def bind_execute_sync(value: bytes) -> bytes:
-    bind = b"\x00stmt\x00\x00\x00\x00\x01" + len(value).to_bytes(4, "big") + value + b"\x00\x00"
+def bind_execute_sync(value: bytes, describe: bool = False, parse: str = "") -> bytes:
+    """Bind `value` to the statement `stmt` (or to `parse`, parsed unnamed first), Execute,
+    Sync; with `describe`, a Describe of the portal before the Execute (what libpq sends)."""
+    name = b"" if parse else b"stmt"
+    bind = b"\x00" + name + b"\x00\x00\x00\x00\x01" + len(value).to_bytes(4, "big") + value
+    out = m.message(b"P", b"\x00" + parse.encode() + b"\x00\x00\x00") if parse else b""
+    out += m.message(b"B", bind + b"\x00\x00")
+    if describe:
+        out += m.message(b"D", b"P\x00")
     execute = m.message(b"E", b"\x00\x00\x00\x00\x00")
-    return m.message(b"B", bind) + execute + m.message(b"S", b"")
+    return out + execute + m.message(b"S", b"")
 
 
 # Each case: (client chunk, the upstream chunks answering it), in order.
@@ -87,6 +94,39 @@ CASES: dict[str, list[tuple[bytes, list[bytes]]]] = {
                 BIND_COMPLETE + rows(1) + complete("SELECT 1") + READY_IDLE,
                 BIND_COMPLETE + rows(2) + complete("SELECT 2") + READY_IDLE,
             ],
+        ),
+    ],
+    "prepared, described (libpq)": [
+        (
+            m.message(b"P", b"stmt\x00" + PREPARED.encode() + b"\x00\x00\x00")
+            + m.message(b"S", b""),
+            [PARSE_COMPLETE + READY_IDLE],
+        ),
+        (
+            bind_execute_sync(b"1", describe=True),
+            [BIND_COMPLETE + T_N + rows(1) + complete("SELECT 1") + READY_IDLE],
+        ),
+        (
+            bind_execute_sync(b"2", describe=True),
+            [BIND_COMPLETE + T_N + complete("SELECT 0") + READY_IN_TX],
+        ),
+        (
+            bind_execute_sync(b"3", describe=True),
+            [BIND_COMPLETE + m.message(b"n", b"") + complete("UPDATE 2") + READY_IDLE],
+        ),
+    ],
+    "extended, parsed each time": [
+        (
+            bind_execute_sync(b"1", describe=True, parse=PREPARED),
+            [PARSE_COMPLETE + BIND_COMPLETE + T_N + rows(2) + complete("SELECT 2") + READY_IDLE],
+        ),
+        (
+            bind_execute_sync(b"2", parse="UPDATE t SET n = $1"),
+            [PARSE_COMPLETE + BIND_COMPLETE + complete("UPDATE 7") + READY_IDLE],
+        ),
+        (
+            bind_execute_sync(b"3", describe=True, parse=PREPARED),
+            [PARSE_COMPLETE + BIND_COMPLETE + m.error_response("22P02", "bad") + READY_IDLE],
         ),
     ],
 }

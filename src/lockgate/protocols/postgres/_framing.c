@@ -3,12 +3,14 @@
  * split(buf, start, max_length) -> ([(offset, end), ...], offset of the first partial)
  *     `split_messages`: the whole messages in buf[start:]; raises ValueError (the caller
  *     turns it into ProtocolViolation) on a length below 4 or above max_length.
- * answer(buf, max_length) -> (head_end, c_off, c_end, tag, rows, status) or None
- *     `answer_shape`: when buf is exactly one statement's whole answer, [T|2] D* C Z, where
- *     the RowDescription or BindComplete ends, where the CommandComplete starts and ends,
- *     its tag, the rows the tag reports (None if it reports none) and the transaction
- *     status of the ReadyForQuery. None for anything else (the relay's general path then
- *     reads it message by message, and reports what is malformed).
+ * answer(buf, max_length) -> (heads, ends, c_off, c_end, tag, rows, status) or None
+ *     `answer_shape`: when buf is exactly one statement's whole answer, 1? 2? [Tn]? D* C Z:
+ *     the types of the messages before the rows (ParseComplete, BindComplete,
+ *     RowDescription or NoData; bytes) and where each ends (a tuple), where the
+ *     CommandComplete starts and ends, its tag, the rows the tag reports (None if it reports
+ *     none) and the transaction status of the ReadyForQuery. None for anything else (the
+ *     relay's general path then reads it message by message, and reports what is
+ *     malformed).
  *
  * The Python functions are the reference: both must give the same result for every input
  * (tests/fuzz/test_pg_framing.py runs every property with both).
@@ -111,11 +113,18 @@ static PyObject *answer(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_buffer view;
     if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) return NULL;
     const unsigned char *p = (const unsigned char *)view.buf;
-    Py_ssize_t n = view.len, pos = 0, head_end = 0, end;
+    Py_ssize_t n = view.len, pos = 0, end, ends[3];
+    char heads[3];
+    int nheads = 0;
     PyObject *result = NULL;
-    if (n >= 1 && (p[0] == 'T' || p[0] == '2')) {
-        if ((end = whole(p, n, 0, 0, max_length)) < 0) goto none;
-        head_end = pos = end;
+    /* 1? 2? [Tn]?: each optional, in this order. */
+    static const char *const steps[3] = {"1", "2", "Tn"};
+    for (int step = 0; step < 3; step++) {
+        if (pos < n && p[pos] && strchr(steps[step], p[pos]) != NULL) {
+            if ((end = whole(p, n, pos, 0, max_length)) < 0) goto none;
+            heads[nheads] = (char)p[pos];
+            ends[nheads++] = pos = end;
+        }
     }
     while (pos < n && p[pos] == 'D') {
         if ((end = whole(p, n, pos, 'D', max_length)) < 0) goto none;
@@ -150,7 +159,26 @@ static PyObject *answer(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     } else {
         rows = Py_NewRef(Py_None);
     }
-    result = Py_BuildValue("(nnnNNi)", head_end, c_off, c_end, text, rows, (int)p[c_end + 5]);
+    PyObject *kinds = PyBytes_FromStringAndSize(heads, nheads), *at = PyTuple_New(nheads);
+    if (kinds == NULL || at == NULL) {
+        Py_XDECREF(kinds);
+        Py_XDECREF(at);
+        Py_DECREF(text);
+        Py_DECREF(rows);
+        goto done;
+    }
+    for (int i = 0; i < nheads; i++) {
+        PyObject *e = PyLong_FromSsize_t(ends[i]);
+        if (e == NULL) {
+            Py_DECREF(kinds);
+            Py_DECREF(at);
+            Py_DECREF(text);
+            Py_DECREF(rows);
+            goto done;
+        }
+        PyTuple_SET_ITEM(at, i, e);
+    }
+    result = Py_BuildValue("(NNnnNNi)", kinds, at, c_off, c_end, text, rows, (int)p[c_end + 5]);
     goto done;
 none:
     result = Py_NewRef(Py_None);
@@ -163,7 +191,7 @@ static PyMethodDef methods[] = {
     {"split", (PyCFunction)(void (*)(void))split, METH_FASTCALL,
      "split(buf, start, max_length) -> (spans, offset of the first partial message)"},
     {"answer", (PyCFunction)(void (*)(void))answer, METH_FASTCALL,
-     "answer(buf, max_length) -> (head_end, c_off, c_end, tag, rows, status) or None"},
+     "answer(buf, max_length) -> (heads, ends, c_off, c_end, tag, rows, status) or None"},
     {NULL, NULL, 0, NULL},
 };
 

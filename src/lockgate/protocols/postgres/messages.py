@@ -192,14 +192,15 @@ def split_messages_py(
 
 def answer_shape_py(
     buf: bytes | bytearray, max_length: int = DEFAULT_MAX_MESSAGE
-) -> tuple[int, int, int, str, int | None, int] | None:
-    """Whether `buf` is exactly one statement's whole answer: `[T|2] D* C Z`.
+) -> tuple[bytes, tuple[int, ...], int, int, str, int | None, int] | None:
+    """Whether `buf` is exactly one statement's whole answer: `1? 2? [Tn]? D* C Z`.
 
-    If so: (where the RowDescription or BindComplete ends (0: none), where the
-    CommandComplete starts, where it ends, its tag, the rows the tag reports, the
-    ReadyForQuery's transaction status byte); else None, also for anything malformed (the
-    relay's general path reads that message by message and reports it). The reference for
-    the compiled `_framing.answer`.
+    If so: (the types of the messages before the rows, ParseComplete, BindComplete,
+    RowDescription or NoData, as bytes; where each of them ends; where the CommandComplete
+    starts; where it ends; its tag; the rows the tag reports; the ReadyForQuery's
+    transaction status byte); else None, also for anything malformed (the relay's general
+    path reads that message by message and reports it). The reference for the compiled
+    `_framing.answer`.
     """
     n = len(buf)
     unpack = _I32.unpack_from
@@ -211,11 +212,15 @@ def answer_shape_py(
         end = pos + 1 + length
         return end if 4 <= length <= max_length and end <= n else -1
 
-    pos = head_end = 0
-    if n and buf[0] in b"T2":
-        if (head_end := whole(0, 0)) < 0:
-            return None
-        pos = head_end
+    pos = 0
+    heads = bytearray()
+    ends: list[int] = []
+    for step in (b"1", b"2", b"Tn"):
+        if pos < n and buf[pos] in step:
+            if (pos := whole(pos, 0)) < 0:
+                return None
+            heads.append(buf[ends[-1] if ends else 0])
+            ends.append(pos)
     while pos < n and buf[pos] == 0x44:  # D
         if (pos := whole(pos, 0x44)) < 0:
             return None
@@ -230,7 +235,8 @@ def answer_shape_py(
         tag = buf[c_off + 5 : nul].decode("utf-8")
     except UnicodeDecodeError:
         return None
-    return head_end, c_off, c_end, tag, command_tag_rows(tag), buf[c_end + 5]
+    rows = command_tag_rows(tag)
+    return bytes(heads), tuple(ends), c_off, c_end, tag, rows, buf[c_end + 5]
 
 
 def _compiled() -> tuple[Any, Any]:
