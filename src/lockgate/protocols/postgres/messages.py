@@ -7,6 +7,10 @@ Startup-phase packets from the client have no type byte: `length:int32 | code:in
 Nothing here touches a socket: readers take bytes, builders return bytes, so the codec is
 tested with byte fixtures and fuzzed. The relay splits a received chunk into message spans
 (`split_messages`) without copying; only messages a decision needs are decoded.
+
+The two functions every chunk meets, `split_messages` and `answer_shape` (is this chunk one
+statement's whole answer?), have a compiled twin in `_framing.c`, built at install when a
+C compiler is there; the `*_py` functions here are the reference it is tested against.
 """
 
 from __future__ import annotations
