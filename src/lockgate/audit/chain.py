@@ -114,6 +114,8 @@ EVENT_FIELDS["X"] = EVENT_FIELDS["C"] + EVENT_FIELDS["F"][2:]
 OUTCOMES = frozenset({"F", "X"})
 # Kinds whose encoding holds a command's statement (indexed for search).
 STATEMENTS = frozenset({"C", "X"})
+# Kinds that describe a row of `commands`.
+COMMANDS = OUTCOMES | STATEMENTS
 # Fields an event's encoding holds only when the first is set (schema version 2): older
 # events, and outcomes without a captured result, encode exactly as before.
 OPTIONAL_FIELDS: dict[str, tuple[str, ...]] = {

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,12 @@ from sqlalchemy import Text, and_, exists, func, select, type_coerce
 from sqlalchemy.engine import Connection, Engine
 
 from lockgate.audit.chain import (
+    COMMANDS,
     HEAD_FILE,
     KEY_FILE,
     KIND_NAMES,
+    OUTCOMES,
+    STATEMENTS,
     Checkpoint,
     event_digest,
     genesis,
@@ -146,7 +150,7 @@ def verify(engine: Engine, state_dir: Path | None = None) -> Report:
 
 def _label(kind: str, session_id: str | None, item: int | None) -> str:
     what = KIND_NAMES.get(kind, kind)
-    if kind in ("C", "F", "X"):
+    if kind in COMMANDS:
         return f"{what} #{item} of session {session_id}"
     if kind == "R":
         return f"{what} #{item}"
@@ -166,7 +170,7 @@ def _event_query(chain_id: int) -> Any:
         .outerjoin(
             commands,
             and_(
-                e.c.kind.in_(("C", "F", "X")),
+                e.c.kind.in_(sorted(COMMANDS)),
                 commands.c.session_id == e.c.session_id,
                 commands.c.seq == e.c.item,
             ),
@@ -176,15 +180,8 @@ def _event_query(chain_id: int) -> Any:
     return select(*cols).select_from(joined).where(e.c.chain == chain_id).order_by(e.c.seq)
 
 
-_PREFIX = {"S": "s_", "E": "s_", "C": "c_", "F": "c_", "X": "c_", "R": "r_"}
-_KEY = {
-    "S": "s_id",
-    "E": "s_id",
-    "C": "c_session_id",
-    "F": "c_session_id",
-    "X": "c_session_id",
-    "R": "r_id",
-}
+_PREFIX = {"S": "s_", "E": "s_", "R": "r_"} | dict.fromkeys(COMMANDS, "c_")
+_KEY = {"S": "s_id", "E": "s_id", "R": "r_id"} | dict.fromkeys(COMMANDS, "c_session_id")
 
 
 def _walk(
@@ -332,9 +329,12 @@ def _unchained(conn: Connection, sample: int = 5) -> list[Finding]:
     """Rows that no event describes: inserted directly into the store."""
     e = audit_events
 
-    def event(kinds: str, *where: Any) -> Any:
-        return exists().where(e.c.kind.in_(tuple(kinds)), *where)
+    def event(kinds: Iterable[str], *where: Any) -> Any:
+        """An event of one of `kinds` (a string of one-letter kinds, or a set) that exists."""
+        return exists().where(e.c.kind.in_(sorted(kinds)), *where)
 
+    # An event that describes the `commands` row being checked.
+    of_command = (e.c.session_id == commands.c.session_id, e.c.item == commands.c.seq)
     checks = [
         (
             "session",
@@ -351,15 +351,13 @@ def _unchained(conn: Connection, sample: int = 5) -> list[Finding]:
         ),
         (
             "command",
-            select(commands.c.session_id, commands.c.seq).where(
-                ~event("CX", e.c.session_id == commands.c.session_id, e.c.item == commands.c.seq)
-            ),
+            select(commands.c.session_id, commands.c.seq).where(~event(STATEMENTS, *of_command)),
         ),
         (
             "command outcome",
             select(commands.c.session_id, commands.c.seq).where(
                 commands.c.finished_at.is_not(None),
-                ~event("FX", e.c.session_id == commands.c.session_id, e.c.item == commands.c.seq),
+                ~event(OUTCOMES, *of_command),
             ),
         ),
         (
