@@ -87,7 +87,7 @@ _FAIL_PARSE = m.message(b"P", b"lockgate_refused\x00" + _FAIL_SQL + b"\x00\x00\x
 _STATUS = {s: bytes((s,)) for s in b"ITE"}
 # The compiled framing kernel's whole-answer test (None without a C compiler), and which
 # request each message before an answer's rows settles (see `_answered`).
-_ANSWER = m.answer_shape
+_ANSWER = m.ANSWER_COMPILED
 _ANSWERS = {_ONE: _P, _TWO: _B, _T: _D, _NODATA: _D}
 
 # Frontend message types that may appear after startup.
@@ -739,7 +739,7 @@ class PgRelay:
     def _answered(
         self, buf: bytes, shape: tuple[bytes, tuple[int, ...], int, int, str, int | None, int]
     ) -> bool:
-        """Settle `buf`, one statement's whole answer (`m.answer_shape`), in one step.
+        """Settle `buf`, one statement's whole answer (`m.answer_shape_py`), in one step.
 
         Does what the message-by-message loop of `_from_upstream` does with the same bytes,
         in its usual cases: a simple Query alone in flight, or one extended-protocol

@@ -1,10 +1,10 @@
 /* Framing kernel of the PostgreSQL codec: the C twin of two functions in messages.py.
  *
  * split(buf, start, max_length) -> ([(offset, end), ...], offset of the first partial)
- *     `split_messages`: the whole messages in buf[start:]; raises ValueError (the caller
+ *     `split_messages_py`: the whole messages in buf[start:]; raises ValueError (the caller
  *     turns it into ProtocolViolation) on a length below 4 or above max_length.
  * answer(buf, max_length) -> (heads, ends, c_off, c_end, tag, rows, status) or None
- *     `answer_shape`: when buf is exactly one statement's whole answer, 1? 2? [Tn]? D* C Z:
+ *     `answer_shape_py`: when buf is exactly one statement's whole answer, 1? 2? [Tn]? D* C Z:
  *     the types of the messages before the rows (ParseComplete, BindComplete,
  *     RowDescription or NoData; bytes) and where each ends (a tuple), where the
  *     CommandComplete starts and ends, its tag, the rows the tag reports (None if it reports

@@ -8,9 +8,11 @@ Nothing here touches a socket: readers take bytes, builders return bytes, so the
 tested with byte fixtures and fuzzed. The relay splits a received chunk into message spans
 (`split_messages`) without copying; only messages a decision needs are decoded.
 
-The two functions every chunk meets, `split_messages` and `answer_shape` (is this chunk one
-statement's whole answer?), have a compiled twin in `_framing.c`, built at install when a
-C compiler is there; the `*_py` functions here are the reference it is tested against.
+The two functions every chunk meets, `split_messages` and the whole-answer test (is this
+chunk one statement's whole answer?), have a compiled twin in `_framing.c`, built at
+install when a C compiler is there; the `*_py` functions here are the reference it is
+tested against. The relay uses the whole-answer test only compiled (`ANSWER_COMPILED`): in
+Python it costs about what it saves.
 """
 
 from __future__ import annotations
@@ -251,7 +253,8 @@ def _compiled() -> tuple[Any, Any]:
     return _framing.split, _framing.answer
 
 
-# The framing kernel (`_framing.c`, built at install when a C compiler is there) or None.
+# The framing kernel's functions (`_framing.c`, built at install when a C compiler is
+# there), or None.
 SPLIT_COMPILED, ANSWER_COMPILED = _compiled()
 
 
@@ -271,10 +274,6 @@ def split_messages(
     except ValueError as exc:
         raise ProtocolViolation(str(exc)) from None
     return spans
-
-
-# Used by the relay only when compiled: in Python it costs about what it saves.
-answer_shape: Final = ANSWER_COMPILED
 
 
 # ---------------------------------------------------------------------------------------
