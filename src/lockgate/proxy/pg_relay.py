@@ -772,6 +772,9 @@ class PgRelay:
             # the Sync received is recorded nowhere).
             done.bytes_out += c_end - rows_at
             described = ops[len(heads) - 1] if heads[-1:] == b"T" else None
+        # The client gets its answer first: the bookkeeping below is not on its wait.
+        ended = time.perf_counter()
+        self.client.write(buf)
         cap = self._capture
         if cap is not None:
             if described is not None:  # the RowDescription: a Query's, or a Describe's
@@ -787,8 +790,7 @@ class PgRelay:
         elif rows is not None:  # a Query's result sets add up (a chunk may hold the last)
             done.rows = (done.rows or 0) + rows
         self._tx_status = _STATUS.get(status) or bytes((status,))
-        self._finish(done)
-        self.client.write(buf)
+        self._finish(done, ended)
         return True
 
     # ================================================================ row gate
@@ -877,7 +879,8 @@ class PgRelay:
         if data and not self.client.closed:
             self._from_upstream(data)
 
-    def _finish(self, op: _Op) -> None:
+    def _finish(self, op: _Op, ended: float = 0.0) -> None:
+        """Record `op`'s outcome; `ended`: when its answer came (`perf_counter`), if not now."""
         if op.seq == 0 or op.done:
             return
         op.done = True
@@ -893,7 +896,7 @@ class PgRelay:
             op.error_code,
             op.error_message,
             op.bytes_out,
-            (time.perf_counter() - op.started) * 1000.0,
+            ((ended or time.perf_counter()) - op.started) * 1000.0,
             self._capture.result(op.capture) if self._capture is not None else None,
             masked,
         )
