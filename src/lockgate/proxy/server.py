@@ -10,6 +10,7 @@ each other over small unix sockets in the state folder.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -187,6 +188,7 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 async def _serve_until_signalled(gateway: Gateway, announce: bool) -> None:
     await gateway.start()
+    gc.freeze()  # what startup built lives as long as the process: keep it out of GC passes
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -247,6 +249,9 @@ def run_gateway(manifest: Manifest, workers: int | None = None) -> int:
 
     load_or_create_signing_key(manifest.state_dir / SIGNING_KEY_FILE)
     children: list[int] = []
+    # Objects built so far live as long as the processes: out of the collector's passes in
+    # the workers (and their pages stay shared with this process, not copied by a GC pass).
+    gc.freeze()
     for index in range(n):
         pid = os.fork()
         if pid == 0:
@@ -270,6 +275,7 @@ def run_gateway(manifest: Manifest, workers: int | None = None) -> int:
     ingester = JournalIngester(
         open_engine(manifest.state_url), manifest.state_dir / "journal", observers=observers
     )
+    gc.freeze()  # the ingester's engine, sinks, metrics: as long-lived
     stop_ingest = threading.Event()
     ingest_thread: threading.Thread | None = None
     if ingester.try_lock():

@@ -440,6 +440,7 @@ def test_cancel_withdraws_and_refuses_the_held_statement(
     assert _count(direct, "payments", "cancelled") == 0
 
 
+@pytest.mark.usefixtures("gw")  # the tables it writes to
 def test_gateway_shutdown_disconnects_the_waiting_client_and_withdraws(
     gateway_factory: Callable[..., RunningGateway],
     pg_server: tuple[str, int, str],
