@@ -201,9 +201,12 @@ class EventLayout:
         names = EVENT_FIELDS[kind]
         self._kind = kind
         self._fields = _getter([at[name] for name in names])
-        # Positions in the encoded list (after the kind) of the values to convert.
+        # Positions in the encoded list (after the kind) of the values to convert, with the
+        # type a value already has when converting it changes nothing (the call is skipped).
         self._conversions = tuple(
-            (i + 1, conv) for i, (_name, conv) in enumerate(_CONVERTERS[kind]) if conv is not None
+            (i + 1, conv, str if conv is ts_text else float)
+            for i, (_name, conv) in enumerate(_CONVERTERS[kind])
+            if conv is not None
         )
         optional = OPTIONAL_FIELDS.get(kind, ())
         self._optional = (
@@ -222,9 +225,9 @@ class EventLayout:
     def digest(self, row: Sequence[Any]) -> bytes:
         """SHA-256 of the canonical encoding of the event held in `row`."""
         values: list[Any] = [self._kind, *self._fields(row)]
-        for i, conv in self._conversions:
+        for i, conv, done in self._conversions:
             v = values[i]
-            if v is not None:
+            if v is not None and type(v) is not done:
                 values[i] = conv(v)
         if self._optional is not None:
             extra = self._optional(row)

@@ -301,8 +301,12 @@ def to_batch(records: list[list[Any]], ts: Any) -> Batch:
         kind = r[0]
         if kind == "C":
             # [C, session, seq, at, text, kind, tables, params, decision, rule, reason]
-            params = None if r[7] is None else _json(r[7])
-            tables = _json(r[6])
+            params = r[7]
+            if params is not None and type(params) is not str:
+                params = _dumps(params).decode()
+            tables = r[6]
+            if type(tables) is not str:
+                tables = _dumps(tables).decode()
             # A repeat (rejected as a duplicate) must not take the outcome from the first.
             started.setdefault((r[1], r[2]), len(cmd_rows))
             # The statement alone; its outcome (or _NO_OUTCOME) is joined on below.
@@ -311,7 +315,6 @@ def to_batch(records: list[list[Any]], ts: Any) -> Batch:
             # [F, at, rows, status, error_code, error_message, bytes_out, duration_ms, session, seq
             #  (, format, base64 data, rows kept, rows dropped, bytes dropped
             #   (, masked cells per rule)))]; the result fields are None when not captured.
-            result: tuple[Any, ...] = _NO_RESULT
             if len(r) > 15 and r[15]:
                 per_rule = {str(k): int(v) for k, v in r[15].items()}
                 masked: tuple[Any, ...] = (
@@ -320,20 +323,27 @@ def to_batch(records: list[list[Any]], ts: Any) -> Batch:
                 )
             else:
                 masked = _NO_MASKED
+            # The outcome's columns, built in one display (no unpacking of partial tuples).
             if len(r) > 10 and r[11] is not None:
                 raw = a2b_base64(r[11])
-                result = (_sha256(raw).hexdigest(), r[12], r[13], r[14])
+                outcome = (
+                    ts(r[1]), r[2], r[3], r[4], r[5], r[6], r[7],
+                    _sha256(raw).hexdigest(), r[12], r[13], r[14], *masked,
+                )  # fmt: skip
                 # Small results do not shrink, and a deflate stream costs more to set up.
                 if len(raw) < _COMPRESS_FROM:
                     add_result((r[8], r[9], r[10], "raw", raw))
                 else:
                     add_result((r[8], r[9], r[10], CODEC, zlib.compress(raw, 1)))
-            outcome = (ts(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], *result, *masked)
+            else:
+                outcome = (ts(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], *_NO_RESULT, *masked)
             i = started.get((r[8], r[9]))
             if i is None:
                 batch.cmd_updates.append((*outcome, r[8], r[9]))
             else:
-                cmd_rows[i] = cmd_rows[i][:_STATEMENT] + outcome
+                row = cmd_rows[i]
+                # A repeated outcome replaces the first one's columns.
+                cmd_rows[i] = (row if len(row) == _STATEMENT else row[:_STATEMENT]) + outcome
         elif kind == "S":
             # [S, id, subject, groups, kind, issuer, token, resource, protocol, addr, user, app, at]
             batch.sess_rows.append((r[1], r[2], _json(r[3]), *r[4:12], ts(r[12])))
