@@ -346,19 +346,67 @@ def chain_name(public_key_hex: str) -> str:
 
 def read_head(path: Path) -> dict[str, Any] | None:
     try:
-        data = orjson.loads(path.read_bytes())
+        data = path.read_bytes()
+        # The ingester rewrites the file in place (HeadFile): two equal reads in a row are
+        # not one torn by a write that was under way.
+        for _ in range(10):
+            again = path.read_bytes()
+            if again == data:
+                break
+            data = again
+        head = orjson.loads(data)
     except (OSError, orjson.JSONDecodeError):
         return None
-    return data if isinstance(data, dict) else None
+    return head if isinstance(head, dict) else None
 
 
-def _write_head(path: Path, name: str, seq: int, hash_: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+class HeadFile:
+    """The head file, rewritten after each commit that moved the chain.
+
+    Created (or replaced) whole through a temporary file and a rename, then rewritten in
+    place with one `pwrite` of a fixed size: writing a new file and renaming it over the old
+    one cost ~140 µs of CPU per commit on ext4, the in-place write (and a `stat` to notice a
+    replaced file) a few µs. The size never changes, so a write leaves no tail of an older,
+    longer text; readers (`read_head`) read until two reads agree.
+    """
+
+    SIZE = 160  # spaces pad the JSON text (~130 bytes with a 19-digit seq)
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = -1
+        self._file_id = (0, 0)
+
+    def write(self, name: str, seq: int, hash_: bytes) -> None:
+        data = orjson.dumps({"chain": name, "seq": seq, "hash": hash_.hex()}).ljust(self.SIZE)
+        try:
+            # A file removed or replaced meanwhile (a restored state folder) is written anew.
+            if self._fd >= 0 and _file_id(self.path) == self._file_id:
+                os.pwrite(self._fd, data, 0)
+                return
+            self.close()
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, self.path)
+            self._fd = os.open(self.path, os.O_WRONLY)
+            st = os.fstat(self._fd)
+            self._file_id = (st.st_dev, st.st_ino)
+        except OSError as exc:
+            self.close()
+            log.warning("could not update the audit chain head file %s: %s", self.path, exc)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _file_id(path: Path) -> tuple[int, int]:
     try:
-        tmp.write_bytes(orjson.dumps({"chain": name, "seq": seq, "hash": hash_.hex()}))
-        os.replace(tmp, path)
-    except OSError as exc:
-        log.warning("could not update the audit chain head file %s: %s", path, exc)
+        st = os.stat(path)
+    except FileNotFoundError:
+        return (0, 0)
+    return (st.st_dev, st.st_ino)
 
 
 # ---------------------------------------------------------------------- writing
@@ -376,6 +424,7 @@ class ChainWriter:
     ) -> None:
         self.key_path = state_dir / KEY_FILE
         self.head_path = state_dir / HEAD_FILE
+        self._head_file = HeadFile(self.head_path)
         self.checkpoint_seconds = checkpoint_seconds
         self.checkpoint_events = checkpoint_events
         self._key: Ed25519PrivateKey | None = None
@@ -462,6 +511,7 @@ class ChainWriter:
     def detach(self) -> None:
         """Forget the head: it is read again from the store on the next attach."""
         self._attached = False
+        self._head_file.close()
 
     @property
     def attached(self) -> bool:
@@ -574,7 +624,7 @@ class ChainWriter:
             self.published.extend(self._out)
             self._out.clear()
         if moved:
-            _write_head(self.head_path, self.name, self.seq, self.hash)
+            self._head_file.write(self.name, self.seq, self.hash)
 
     def rolled_back(self) -> None:
         self._events.clear()

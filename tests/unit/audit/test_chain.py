@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from lockgate.audit.chain import EVENT_FIELDS, EventLayout, event_digest
+from lockgate.audit.chain import EVENT_FIELDS, EventLayout, HeadFile, event_digest, read_head
 from lockgate.audit.writer import StoreWriter
 from lockgate.store import open_engine
 
@@ -93,3 +93,31 @@ def test_journal_timestamps_read_exactly_as_datetime_formats_them(tmp_path: Path
         expected = datetime.fromtimestamp(epoch, UTC).isoformat(" ", "microseconds")[:-6]
         assert writer.timestamp(epoch) == expected, epoch
     engine.dispose()
+
+
+def test_a_layout_converts_what_needs_it_like_event_digest() -> None:
+    # An integral duration is encoded as a float; a datetime as the store's text.
+    row = {
+        **COMMAND_ROW,
+        "duration_ms": 3,
+        "finished_at": datetime(2026, 11, 23, 14, 49, 22, 125000, tzinfo=UTC),
+    }
+    columns = list(COMMAND_ROW)
+    digest = EventLayout("X", columns).digest(tuple(row[name] for name in columns))
+    assert digest == event_digest("X", row)
+    assert digest == event_digest("X", {**COMMAND_ROW, "duration_ms": 3.0})
+
+
+def test_the_head_file_is_rewritten_in_place_and_anew_when_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "head.json"
+    head = HeadFile(path)
+    head.write("c" * 16, 10**18, b"\x01" * 32)
+    head.write("c" * 16, 7, b"\x02" * 32)
+    assert read_head(path) == {"chain": "c" * 16, "seq": 7, "hash": "02" * 32}
+    assert path.stat().st_size == HeadFile.SIZE
+    path.unlink()  # e.g. a state folder restored from a backup
+    head.write("c" * 16, 8, b"\x03" * 32)
+    assert read_head(path) == {"chain": "c" * 16, "seq": 8, "hash": "03" * 32}
+    head.write("c" * 16, 9, b"\x04" * 32)  # in place, into the new file
+    assert read_head(path) == {"chain": "c" * 16, "seq": 9, "hash": "04" * 32}
+    head.close()
