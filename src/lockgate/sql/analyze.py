@@ -31,6 +31,11 @@ cached by exact text only. A text holding a `$` is never served from, nor stored
 shape cache: `normalize` numbers constants after the parameters already there, so
 `… WHERE $1 = $2` (parameters) and `… WHERE 1 = 1` (constants) would share a shape.
 (Pairs that must be told apart: `tests/unit/sql/test_analyze.py::test_shape_twins_*`.)
+
+`normalize` parses, which is most of what a new text costs. So a third cache is keyed by
+the text's *literal key* (`literals.py`: plain integer and string constants blanked, one
+pass over the bytes, no parse), and a text whose key is known skips `normalize`. A key is
+trusted only once checked to be no coarser than the shape it stands for (`_keyed`).
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ from lockgate.sql.catalog import (
     SERVER_FILE,
     UNBOUNDED_WRITE,
 )
+from lockgate.sql.literals import INT, LITERAL_KEY_COMPILED, STRING, canonical
 from lockgate.sql.predicates import (
     always_true,
     const_value,
@@ -530,13 +536,13 @@ class _Cache:
     __slots__ = ("_budget", "_chars", "_items", "_size", "get")
 
     def __init__(self, size: int, budget: int) -> None:
-        self._items: OrderedDict[str, Analysis] = OrderedDict()
+        self._items: OrderedDict[str | bytes, Analysis] = OrderedDict()
         self._size = size
         self._budget = budget
         self._chars = 0
         self.get = self._items.get
 
-    def put(self, key: str, value: Analysis) -> None:
+    def put(self, key: str | bytes, value: Analysis) -> None:
         if len(key) > self._budget >> 6:
             return  # a very large text: one parse per use costs less than what it pushes out
         items = self._items
@@ -547,12 +553,36 @@ class _Cache:
             self._chars -= len(items.popitem(last=False)[0])
 
 
+# The literal key, compiled only (in Python it costs about what it saves).
+_literal_key = LITERAL_KEY_COMPILED
+
+
+def _keyed(key: bytes, shape: str) -> bool:
+    """Whether every text with literal `key` normalizes to `shape`, that of the first one.
+
+    Texts with one key differ only in the values of its blanks. `normalize` replaces most
+    constants, whatever their value, but keeps some (`ORDER BY 1`, a typmod, a file name):
+    if the key blanked one of those, the blanks set to one value and to another normalize
+    differently (or differently from the first text), and the key is not trusted.
+    """
+    if INT not in key and STRING not in key:
+        return True  # nothing blanked: the key is the text
+    try:
+        return all(
+            normalize(canonical(key, number, string)) == shape
+            for number, string in ((b"1", b"'a'"), (b"2", b"'b'"))
+        )
+    except ParseError:
+        return False
+
+
 class Analyzer:
     """Analyses SQL text with caching; safe to share within one event loop."""
 
     def __init__(self, cache_size: int = 20_000, cache_chars: int = 16 << 20) -> None:
         self._by_text = _Cache(cache_size, cache_chars)
         self._by_shape = _Cache(cache_size, cache_chars)
+        self._by_key = _Cache(cache_size, cache_chars)
 
     def analyze(self, sql: str) -> Analysis:
         """Facts about every statement in `sql` (never raises on bad SQL: see `error`)."""
@@ -563,6 +593,11 @@ class Analyzer:
             result = self._parse(sql)
             self._by_text.put(sql, result)
             return result
+        key = _literal_key(sql) if _literal_key is not None else None
+        if key is not None:
+            hit = self._by_key.get(key)
+            if hit is not None:
+                return hit
         try:
             shape = normalize(sql)
         except ParseError as exc:
@@ -576,6 +611,8 @@ class Analyzer:
                 self._by_shape.put(shape, result)
         else:
             result = cached
+        if key is not None and not result.text_dependent and _keyed(key, shape):
+            self._by_key.put(key, result)
         self._by_text.put(sql, result)
         return result
 

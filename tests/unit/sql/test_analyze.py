@@ -401,8 +401,18 @@ _SHAPES = [
     "BEGIN TRANSACTION READ ONLY; SELECT {v}",
     "SELECT * FROM {s}t WHERE a IN ({v}, {v}) LIMIT {v}",
     "CREATE FUNCTION {s}f() RETURNS int LANGUAGE sql AS {v}",
+    # Constants `normalize` keeps, which the literal key would blank (see literals.py).
+    "SELECT a, b FROM {s}t ORDER BY {v} LIMIT {v}",
+    "SELECT a::varchar({v}) FROM {s}t GROUP BY {v}",
+    "COPY {s}t FROM {v}",
+    "CREATE TABLE {s}t (a int DEFAULT {v})",
+    "PREPARE p AS DELETE FROM {s}t WHERE {v} = {v}",
+    "SELECT {v} -- it's {v}\n, {v}\n{v}",
 ]
-_VALUES = ["1", "0", "2.5", "'x'", "'role'", "true", "false", "'SELECT pg_read_file(''y'')'"]
+_VALUES = [
+    "1", "0", "2", "2.5", "'x'", "'role'", "true", "false", "'SELECT pg_read_file(''y'')'",
+    "'/etc/passwd'", "-3", "1234567890",
+]  # fmt: skip
 
 
 @settings(max_examples=300, deadline=None)
