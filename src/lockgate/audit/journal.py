@@ -44,10 +44,20 @@ SUFFIX = ".jnl"
 _last_created = 0
 
 
-def encode(records: list[list[Any]]) -> bytes:
-    """Frame records for one append."""
+def frame(rec: list[Any]) -> tuple[bytes, bytes]:
+    """One record framed ahead of its append: its header and payload, which `encode` takes
+    as they are."""
+    payload = _dumps(rec, default=str)
+    return _pack(len(payload), _crc32(payload)), payload
+
+
+def encode(records: list[list[Any] | bytes]) -> bytes:
+    """Frame records for one append; what is already `frame`d (bytes) goes as it is."""
     parts: list[bytes] = []
     for rec in records:
+        if type(rec) is bytes:
+            parts.append(rec)
+            continue
         payload = _dumps(rec, default=str)
         parts.append(_pack(len(payload), _crc32(payload)))
         parts.append(payload)

@@ -76,7 +76,8 @@ def check_null_sink(allowed_by_manifest: bool) -> None:
 
 @dataclass(slots=True)
 class _Group:
-    records: list[list[Any]]
+    # Records to write ahead, and (framed at once, see `_later`) those riding along.
+    records: list[list[Any] | bytes]
     futures: list[asyncio.Future[None]]
 
 
@@ -232,7 +233,7 @@ class AuditRecorder:
         except OSError as exc:
             self.stats.failed_flushes += 1
             log.error("audit journal write failed: %s", exc)
-            self._group.records[:0] = [r for r in records if r[0] in (_FINISH, _END)]
+            self._group.records[:0] = [r for r in records if type(r) is bytes]
             raise unavailable(exc, "the command was not forwarded") from None
         self.stats.flushes += 1
         return None
@@ -313,7 +314,9 @@ class AuditRecorder:
             self.stats.dropped += 1
             log.warning("audit record dropped: the recorder is already closed")
             return
-        self._group.records.append(rec)
+        # Framed now, while the client has its answer, not when the next command waits on
+        # the write it rides along with.
+        self._group.records += journal.frame(rec)
         if not self._scheduled and self._timer is None:
             self._timer = self._loop.call_later(self._linger, self._lingered)
 
@@ -345,8 +348,9 @@ class AuditRecorder:
             for fut in group.futures:
                 if not fut.done():
                     fut.set_exception(unavailable(exc, "the command was not forwarded"))
-            # Outcomes of commands that did run are kept for the next attempt.
-            self._group.records[:0] = [r for r in group.records if r[0] in (_FINISH, _END)]
+            # What needed no writing ahead (outcomes, session ends, refused commands: all
+            # of what happened) is kept for the next attempt.
+            self._group.records[:0] = [r for r in group.records if type(r) is bytes]
             return
         for fut in group.futures:
             if not fut.done():
