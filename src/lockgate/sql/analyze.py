@@ -555,6 +555,8 @@ class _Cache:
 
 # The literal key, compiled only (in Python it costs about what it saves).
 _literal_key = LITERAL_KEY_COMPILED
+# Stored for a key found coarser than its shape, so it is checked once, not at every use.
+_UNTRUSTED = Analysis(())
 
 
 def _keyed(key: bytes, shape: str) -> bool:
@@ -566,7 +568,7 @@ def _keyed(key: bytes, shape: str) -> bool:
     differently (or differently from the first text), and the key is not trusted.
     """
     if INT not in key and STRING not in key:
-        return True  # nothing blanked: the key is the text
+        return False  # nothing blanked: the exact-text cache serves the text already
     try:
         return all(
             normalize(canonical(key, number, string)) == shape
@@ -594,10 +596,11 @@ class Analyzer:
             self._by_text.put(sql, result)
             return result
         key = _literal_key(sql) if _literal_key is not None else None
+        known = None
         if key is not None:
-            hit = self._by_key.get(key)
-            if hit is not None:
-                return hit
+            known = self._by_key.get(key)
+            if known is not None and known is not _UNTRUSTED:
+                return known
         try:
             shape = normalize(sql)
         except ParseError as exc:
@@ -611,8 +614,8 @@ class Analyzer:
                 self._by_shape.put(shape, result)
         else:
             result = cached
-        if key is not None and not result.text_dependent and _keyed(key, shape):
-            self._by_key.put(key, result)
+        if key is not None and known is None and not result.text_dependent:
+            self._by_key.put(key, result if _keyed(key, shape) else _UNTRUSTED)
         self._by_text.put(sql, result)
         return result
 
