@@ -553,7 +553,7 @@ class _Cache:
             self._chars -= len(items.popitem(last=False)[0])
 
 
-# The literal key, compiled only (in Python it costs about what it saves).
+# The literal key, compiled only (in Python it costs more than `normalize`).
 _literal_key = LITERAL_KEY_COMPILED
 # Stored for a key found coarser than its shape, so it is checked once, not at every use.
 _UNTRUSTED = Analysis(())

@@ -5,7 +5,7 @@ Theory of operation
 Programs send the same statement again and again with other values (`... WHERE aid =
 48213`). The analyzer already answers those from its shape cache, keyed by libpg_query's
 `normalize` (constants become `$n`), but `normalize` parses the whole text, the costliest
-step left per statement. `literal_key` finds the same sameness with one pass over the bytes:
+step left per statement. The literal key finds the same sameness with one pass over the bytes:
 the UTF-8 text with every plain integer (`\\x01`) and plain string constant (`\\x02`)
 blanked, everything else kept byte for byte. Two texts with the same key differ only in
 the values of those literals; what the key cannot read safely, it refuses (None): any `$`
@@ -16,13 +16,13 @@ The key is coarser than `normalize` in a few places: it blanks `ORDER BY 1`, a t
 `varchar(10)` or `COPY`'s file name, which `normalize` keeps. So the analyzer trusts a key
 only after checking, for the first text that has it, that blanking it loses nothing: the
 text with every blank set to one value and to another must both normalize to the text's
-own shape (`Analyzer._keyed`). Texts with the same key differ only in literal values, not
+own shape (`_keyed` in analyze.py). Texts with the same key differ only in literal values, not
 in the tokens around them, which are all `normalize` goes by.
 
 `_literals.c` is the compiled twin (built at install when a C compiler is there, like the
 PostgreSQL framing kernel); `literal_key_py` here is the reference it is tested against.
-The analyzer uses the key only compiled (`LITERAL_KEY_COMPILED`): in Python it costs about
-what it saves.
+The analyzer uses the key only compiled (`LITERAL_KEY_COMPILED`): in Python it would cost
+more than it saves (about 7 µs against `normalize`'s 2; compiled 0.2).
 """
 
 from __future__ import annotations
