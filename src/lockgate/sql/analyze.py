@@ -567,8 +567,6 @@ def _keyed(key: bytes, shape: str) -> bool:
     if the key blanked one of those, the blanks set to one value and to another normalize
     differently (or differently from the first text), and the key is not trusted.
     """
-    if INT not in key and STRING not in key:
-        return False  # nothing blanked: the exact-text cache serves the text already
     try:
         return all(
             normalize(canonical(key, number, string)) == shape
@@ -596,6 +594,8 @@ class Analyzer:
             self._by_text.put(sql, result)
             return result
         key = _literal_key(sql) if _literal_key is not None else None
+        if key is not None and INT not in key and STRING not in key:
+            key = None  # nothing blanked: the exact-text cache serves such a text
         known = None
         if key is not None:
             known = self._by_key.get(key)
