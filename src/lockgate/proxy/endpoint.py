@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import cast
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    from lockgate.proxy.busypoll import BusyPoll
 
 
 class Endpoint(asyncio.Protocol):
@@ -35,6 +38,8 @@ class Endpoint(asyncio.Protocol):
         self._can_write.set()
         self._reading_paused = 0
         self.on_lost: Callable[[Exception | None], None] | None = None
+        # Set while relaying on a listener with busy polling: told of every chunk.
+        self.poll: BusyPoll | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -42,6 +47,9 @@ class Endpoint(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.bytes_received += len(data)
+        poll = self.poll
+        if poll is not None:
+            poll.kick()
         sink = self._sink
         if sink is not None:
             sink(data)

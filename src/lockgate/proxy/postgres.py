@@ -28,6 +28,7 @@ from lockgate.identity.session_limits import SessionVerdict
 from lockgate.model import ClientInfo, Session, SessionEnd
 from lockgate.protocols.postgres import messages as m
 from lockgate.protocols.postgres import sqlstate
+from lockgate.proxy.busypoll import BusyPoll
 from lockgate.proxy.endpoint import Endpoint
 from lockgate.proxy.pg_errors import error_for
 from lockgate.proxy.pg_relay import PgRelay
@@ -130,6 +131,8 @@ class PostgresEngine:
         self.cancels = cancels
         self.forward_cancel = forward_cancel
         self.sessions: dict[str, PgRelay] = {}
+        window = listener.busy_poll_us
+        self.busy_poll = BusyPoll(asyncio.get_running_loop(), window) if window else None
         # Live sessions and how to end one from outside (token expiry, revocation).
         self._enders: dict[str, tuple[Session, Callable[[SessionVerdict], None]]] = {}
 
@@ -358,6 +361,7 @@ class PostgresEngine:
             finished(verdict.message)
 
         relay = PgRelay(self.gate, session, client, up, finished)
+        client.poll = up.poll = self.busy_poll
 
         async def cancel_upstream() -> None:
             # A read the row gate stopped mid-way (`pg_rowgate`): cancel it like a client would.
