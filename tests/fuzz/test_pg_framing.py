@@ -120,7 +120,8 @@ PARSERS: list[Callable[[bytes], Any]] = [
     m.parse_query,
     m.parse_parse,
     m.parse_bind,
-    m.parse_execute,
+    lambda b: m.execute_portal(b, 0, len(b)),
+    lambda b: m.bind_texts(b, 0, len(b)),
     m.parse_close_or_describe,
     m.auth_request,
     m.parse_backend_key_data,
@@ -202,6 +203,65 @@ def test_compiled_split_agrees_with_python(
 @given(st.binary(max_size=300), st.integers(min_value=0, max_value=8))
 def test_compiled_split_agrees_on_random_bytes(data: bytes, start: int) -> None:
     assert _split_c(data, start, 100) == _split_py(data, start, 100)
+
+
+def _bind_both(buf: bytes | bytearray, start: int, end: int, limit: int, texts: bool) -> Any:
+    got = []
+    for read in (m.bind_texts_py, m.bind_texts):
+        try:
+            got.append(read(buf, start, end, limit, texts))
+        except m.ProtocolViolation as exc:
+            got.append(("raised", exc.message))
+    return got
+
+
+@st.composite
+def bind_bodies(draw: st.DrawFn) -> bytes:
+    """Bind bodies as clients send them, now and then with a field cut short or lying."""
+    names = st.text(max_size=6).map(lambda t: t.encode() + b"\x00")
+    fmts = draw(st.lists(st.integers(min_value=-1, max_value=3), max_size=4))
+    values = draw(
+        st.lists(
+            st.one_of(
+                st.none(),
+                st.binary(max_size=40),
+                st.text(max_size=30).map(str.encode),
+                st.binary(min_size=1, max_size=4).map(lambda b: b"\xe2\x82" + b),  # cut UTF-8
+            ),
+            max_size=5,
+        )
+    )
+    body = draw(names) + draw(names) + struct.pack("!h", len(fmts))
+    body += b"".join(struct.pack("!h", f) for f in fmts) + struct.pack("!h", len(values))
+    for v in values:
+        body += struct.pack("!i", -1) if v is None else struct.pack("!i", len(v)) + v
+    body += draw(st.sampled_from([b"", b"\x00\x00", b"\x00\x01\x00\x01"]))  # result formats
+    cut = draw(st.one_of(st.none(), st.integers(min_value=0, max_value=len(body))))
+    return body if cut is None else body[:cut]
+
+
+@compiled
+@given(
+    bind_bodies(),
+    st.binary(max_size=6),
+    st.binary(max_size=6),
+    st.sampled_from([1024, 0, 1, 3, 8]),
+    st.booleans(),
+)
+def test_compiled_bind_agrees_with_python(
+    body: bytes, before: bytes, after: bytes, limit: int, texts: bool
+) -> None:
+    buf = before + body + after
+    py, c = _bind_both(buf, len(before), len(before) + len(body), limit, texts)
+    assert c == py
+    assert _bind_both(bytearray(buf), len(before), len(before) + len(body), limit, texts)[1] == py
+
+
+@compiled
+@given(st.binary(max_size=200), st.sampled_from([1024, 2]))
+def test_compiled_bind_agrees_on_random_bytes(body: bytes, limit: int) -> None:
+    py, c = _bind_both(body, 0, len(body), limit, True)
+    assert c == py
 
 
 tags = st.one_of(

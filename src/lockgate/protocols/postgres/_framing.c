@@ -12,6 +12,11 @@
  *     relay's general path then reads it message by message, and reports what is
  *     malformed).
  *
+ * bind(buf, start, end, limit, texts) -> (portal, statement, parameter texts or None)
+ *     `bind_texts_py`: the Bind message body at buf[start:end] read in place, with each
+ *     parameter as the audit shows it (text format decoded, binary as \\x hex, cut to
+ *     `limit` characters) when `texts` is true; raises ValueError on a malformed body.
+ *
  * The Python functions are the reference: both must give the same result for every input
  * (tests/fuzz/test_pg_framing.py runs every property with both).
  */
@@ -187,11 +192,135 @@ done:
     return result;
 }
 
+/* A NUL-terminated UTF-8 name at p[*pos] before `end`: a new str, *pos moved past the NUL. */
+static PyObject *cstring(const unsigned char *p, Py_ssize_t *pos, Py_ssize_t end) {
+    const unsigned char *nul = memchr(p + *pos, 0, (size_t)(end - *pos));
+    if (nul == NULL) {
+        PyErr_SetString(PyExc_ValueError, "unterminated string in message");
+        return NULL;
+    }
+    PyObject *s = PyUnicode_DecodeUTF8((const char *)p + *pos, nul - (p + *pos), NULL);
+    if (s == NULL) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_ValueError, "string in message is not valid UTF-8");
+        return NULL;
+    }
+    *pos = nul - p + 1;
+    return s;
+}
+
+static inline int read_i16(const unsigned char *p) { return (int)(int16_t)((p[0] << 8) | p[1]); }
+
+/* One parameter as the audit shows it, at most `limit` characters and an ellipsis. */
+static PyObject *param_text(const unsigned char *v, Py_ssize_t size, int binary, Py_ssize_t limit) {
+    PyObject *text;
+    if (binary) {
+        static const char digits[] = "0123456789abcdef";
+        text = PyUnicode_New(2 + 2 * size, 127);
+        if (text == NULL) return NULL;
+        Py_UCS1 *out = PyUnicode_1BYTE_DATA(text);
+        out[0] = '\\';
+        out[1] = 'x';
+        for (Py_ssize_t i = 0; i < size; i++) {
+            out[2 + 2 * i] = (Py_UCS1)digits[v[i] >> 4];
+            out[3 + 2 * i] = (Py_UCS1)digits[v[i] & 15];
+        }
+    } else {
+        text = PyUnicode_DecodeUTF8((const char *)v, size, "replace");
+        if (text == NULL) return NULL;
+    }
+    if (PyUnicode_GET_LENGTH(text) <= limit) return text;
+    PyObject *head = PyUnicode_Substring(text, 0, limit);
+    Py_DECREF(text);
+    if (head == NULL) return NULL;
+    PyObject *ellipsis = PyUnicode_FromOrdinal(0x2026);
+    PyObject *cut = ellipsis == NULL ? NULL : PyUnicode_Concat(head, ellipsis);
+    Py_XDECREF(ellipsis);
+    Py_DECREF(head);
+    return cut;
+}
+
+static PyObject *bind(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "bind(buf, start, end, limit, texts)");
+        return NULL;
+    }
+    Py_ssize_t start = PyLong_AsSsize_t(args[1]);
+    if (start == -1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t end = PyLong_AsSsize_t(args[2]);
+    if (end == -1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t limit = PyLong_AsSsize_t(args[3]);
+    if (limit == -1 && PyErr_Occurred()) return NULL;
+    int texts = PyObject_IsTrue(args[4]);
+    if (texts < 0) return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) return NULL;
+    const unsigned char *p = (const unsigned char *)view.buf;
+    PyObject *portal = NULL, *statement = NULL, *params = NULL, *result = NULL;
+    if (start < 0 || end > view.len || start > end) {
+        PyErr_SetString(PyExc_ValueError, "Bind message bounds out of range");
+        goto done;
+    }
+    Py_ssize_t pos = start;
+    if ((portal = cstring(p, &pos, end)) == NULL) goto done;
+    if ((statement = cstring(p, &pos, end)) == NULL) goto done;
+    if (pos + 2 > end) goto truncated;
+    int nfmt = read_i16(p + pos);
+    pos += 2;
+    if (nfmt < 0) {
+        PyErr_SetString(PyExc_ValueError, "Bind message has a negative format count");
+        goto done;
+    }
+    const unsigned char *formats = p + pos;
+    if (pos + 2 * (Py_ssize_t)nfmt + 2 > end) goto truncated;
+    pos += 2 * (Py_ssize_t)nfmt;
+    int nparams = read_i16(p + pos);
+    pos += 2;
+    if (nparams < 0) {
+        PyErr_SetString(PyExc_ValueError, "Bind message has a negative parameter count");
+        goto done;
+    }
+    if (texts && (params = PyTuple_New(nparams)) == NULL) goto done;
+    for (int i = 0; i < nparams; i++) {
+        if (pos + 4 > end) goto truncated;
+        long size = read_i32(p + pos);
+        pos += 4;
+        if (size == -1) {
+            if (params != NULL) PyTuple_SET_ITEM(params, i, Py_NewRef(Py_None));
+            continue;
+        }
+        if (size < 0 || pos + size > end) {
+            PyErr_SetString(PyExc_ValueError, "Bind message has an invalid parameter length");
+            goto done;
+        }
+        if (params != NULL) {
+            int fmt = nfmt == 1 ? read_i16(formats) : (i < nfmt ? read_i16(formats + 2 * i) : 0);
+            PyObject *text = param_text(p + pos, size, fmt != 0, limit);
+            if (text == NULL) goto done;
+            PyTuple_SET_ITEM(params, i, text);
+        }
+        pos += size;
+    }
+    result = PyTuple_Pack(3, portal, statement, params != NULL ? params : Py_None);
+    goto done;
+truncated:
+    PyErr_SetString(PyExc_ValueError, "Bind message is truncated");
+done:
+    Py_XDECREF(portal);
+    Py_XDECREF(statement);
+    Py_XDECREF(params);
+    PyBuffer_Release(&view);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"split", (PyCFunction)(void (*)(void))split, METH_FASTCALL,
      "split(buf, start, max_length) -> (spans, offset of the first partial message)"},
     {"answer", (PyCFunction)(void (*)(void))answer, METH_FASTCALL,
      "answer(buf, max_length) -> (heads, ends, c_off, c_end, tag, rows, status) or None"},
+    {"bind", (PyCFunction)(void (*)(void))bind, METH_FASTCALL,
+     "bind(buf, start, end, limit, texts) -> (portal, statement, parameter texts or None)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -245,17 +245,17 @@ def answer_shape_py(
     return bytes(heads), tuple(ends), c_off, c_end, tag, rows, buf[c_end + 5]
 
 
-def _compiled() -> tuple[Any, Any]:
+def _compiled() -> tuple[Any, Any, Any]:
     try:
         from lockgate.protocols.postgres import _framing  # type: ignore[attr-defined]
     except ImportError:
-        return None, None
-    return _framing.split, _framing.answer
+        return None, None, None
+    return _framing.split, _framing.answer, _framing.bind
 
 
 # The framing kernel's functions (`_framing.c`, built at install when a C compiler is
 # there), or None.
-SPLIT_COMPILED, ANSWER_COMPILED = _compiled()
+SPLIT_COMPILED, ANSWER_COMPILED, BIND_COMPILED = _compiled()
 
 
 def split_messages(
@@ -274,6 +274,24 @@ def split_messages(
     except ValueError as exc:
         raise ProtocolViolation(str(exc)) from None
     return spans
+
+
+def bind_texts(
+    buf: bytes | bytearray, start: int, end: int, limit: int = 1024, texts: bool = True
+) -> tuple[str, str, tuple[str | None, ...] | None]:
+    """The portal, statement and, if `texts`, audit view of the parameters of a Bind body.
+
+    The body is `buf[start:end]` (after the type and length). Raises ProtocolViolation when
+    it is malformed.
+    """
+    bind = BIND_COMPILED
+    if bind is None:
+        return bind_texts_py(buf, start, end, limit, texts)
+    try:
+        got: tuple[str, str, tuple[str | None, ...] | None] = bind(buf, start, end, limit, texts)
+    except ValueError as exc:
+        raise ProtocolViolation(str(exc)) from None
+    return got
 
 
 # ---------------------------------------------------------------------------------------
@@ -464,11 +482,24 @@ def bind_param_texts(bind: Bind, limit: int = 1024) -> tuple[str | None, ...]:
     return tuple(out)
 
 
-def parse_execute(payload: bytes) -> tuple[str, int]:
-    portal, pos = read_cstring(payload, 0)
-    if pos + 4 > len(payload):
+def bind_texts_py(
+    buf: bytes | bytearray, start: int, end: int, limit: int = 1024, texts: bool = True
+) -> tuple[str, str, tuple[str | None, ...] | None]:
+    """The portal, statement and, if `texts`, audit view of the parameters of a Bind body.
+
+    The body is `buf[start:end]`. The reference for the compiled `_framing.bind`, which
+    `bind_texts` uses when built (it reads the body in place, with no `Bind` in between).
+    """
+    bind = parse_bind(bytes(buf[start:end]))
+    return bind.portal, bind.statement, bind_param_texts(bind, limit) if texts else None
+
+
+def execute_portal(buf: bytes | bytearray, start: int, end: int) -> str:
+    """The portal of the Execute message body at `buf[start:end]`, read in place."""
+    portal, pos = read_cstring(buf, start, end)
+    if pos + 4 > end:
         raise ProtocolViolation("Execute message is truncated")
-    return portal, _I32.unpack_from(payload, pos)[0]
+    return portal
 
 
 def parse_close_or_describe(payload: bytes) -> tuple[bytes, str]:

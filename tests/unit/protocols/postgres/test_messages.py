@@ -375,12 +375,20 @@ def test_parse_bind_malformed(payload: bytes) -> None:
     assert info.value.code == sqlstate.PROTOCOL_VIOLATION
 
 
-def test_parse_execute() -> None:
-    assert m.parse_execute(b"p1\x00\x00\x00\x00\x00") == ("p1", 0)
-    assert m.parse_execute(b"\x00\x00\x00\x00\x64") == ("", 100)
+def _execute_portal(payload: bytes) -> str:
+    return m.execute_portal(payload, 0, len(payload))
+
+
+def test_execute_portal() -> None:
+    assert _execute_portal(b"p1\x00\x00\x00\x00\x00") == "p1"
+    assert _execute_portal(b"\x00\x00\x00\x00\x64") == ""
+    # Read in place: the body's bounds, not the buffer's, decide.
+    assert m.execute_portal(b"E....p2\x00\x00\x00\x00\x00S", 5, 12) == "p2"
     for bad in (b"p1\x00\x00\x00", b"p1", b""):
         with pytest.raises(m.ProtocolViolation):
-            m.parse_execute(bad)
+            _execute_portal(bad)
+    with pytest.raises(m.ProtocolViolation):  # the terminator lies past the body
+        m.execute_portal(b"p1\x00\x00\x00\x00\x00", 0, 2)
 
 
 def test_parse_close_or_describe() -> None:
@@ -439,7 +447,8 @@ PARSERS: list[tuple[str, Callable[[bytes], Any]]] = [
     ("query", m.parse_query),
     ("parse", m.parse_parse),
     ("bind", m.parse_bind),
-    ("execute", m.parse_execute),
+    ("execute", _execute_portal),
+    ("bind-texts", lambda b: m.bind_texts(b, 0, len(b))),
     ("close", m.parse_close_or_describe),
     ("auth", m.auth_request),
     ("key-data", m.parse_backend_key_data),
