@@ -52,6 +52,9 @@ class ListenerBase(Strict):
     workers: int = Field(default=1, ge=0, le=256)
     # How long a client may take from connecting to finishing authentication (e.g. 30s).
     startup_timeout: str = "30s"
+    # After each chunk a session receives, its worker polls its sockets for this long
+    # instead of sleeping (proxy/busypoll.py); 0 turns it off.
+    busy_poll_us: int = Field(default=200, ge=0, le=10_000)
 
     @field_validator("address")
     @classmethod

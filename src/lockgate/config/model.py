@@ -35,9 +35,6 @@ class Listener(ListenerBase):
     protocol: Literal["postgres"] = "postgres"
     address: str = "127.0.0.1:6432"
     tls: TLSListener = TLSListener()
-    # After each chunk a session receives, the worker polls its sockets for this long
-    # instead of sleeping (proxy/busypoll.py); 0 turns it off.
-    busy_poll_us: int = Field(default=200, ge=0, le=10_000)
 
 
 class UpstreamTLS(Strict):

@@ -66,6 +66,7 @@ from lockgate.identity.verifier import shown
 from lockgate.keyfiles import create_private_file
 from lockgate.model import ClientInfo, Principal, ResultSummary, SessionEnd
 from lockgate.policy.ssh import SshRequest
+from lockgate.proxy.busypoll import BusyPoll
 from lockgate.proxy.ssh_agent_x11 import DISPLAY as X11_DISPLAY
 from lockgate.proxy.ssh_agent_x11 import allow_agent, allow_x11, install
 from lockgate.proxy.ssh_channel import ChannelRelay, SshContext
@@ -148,12 +149,15 @@ class SshEngine:
         self.user_ca = load_or_create_ca(gate.manifest).convert_to_public()
         self.acceptor: asyncssh.SSHAcceptor | None = None
         self.connections: set[_GatewayServer] = set()
+        self.poll: BusyPoll | None = None
 
     @property
     def fingerprint(self) -> str:
         return str(self.host_key.get_fingerprint("sha256"))
 
     async def start(self, *, reuse_port: bool = False) -> None:
+        window = self.listener.busy_poll_us
+        self.poll = BusyPoll(asyncio.get_running_loop(), window) if window else None
         self.acceptor = await asyncssh.create_server(
             lambda: _GatewayServer(self),
             self.listener.host,
@@ -434,7 +438,7 @@ class _GatewayServer(asyncssh.SSHServer):
             gate.end_session(session, SessionEnd.ERROR, 0, 0, exc.message)
             self._disconnect(exc.message)
             return False
-        self.ctx = SshContext(gate, session, resource, upstream)
+        self.ctx = SshContext(gate, session, resource, upstream, poll=self.engine.poll)
         if self.conn is not None:
             install(self.ctx, self.conn)
         spawn(self._watch_target(upstream), name="ssh-target-watch")

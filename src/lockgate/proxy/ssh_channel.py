@@ -47,6 +47,7 @@ from lockgate.model import Decision, DecisionKind, ResultSummary, Session
 from lockgate.policy.guardrails import Verdict
 from lockgate.policy.ssh import SshRequest, runs_sftp_server
 from lockgate.proxy import ssh_recording as rec
+from lockgate.proxy.busypoll import BusyPoll
 from lockgate.proxy.ssh_sftp import SftpGuard
 from lockgate.proxy.ssh_transport import skip_packet_logs
 from lockgate.tasks import spawn
@@ -83,6 +84,8 @@ class SshContext:
     agent_forwarding: bool = False
     x11: X11Grant | None = None
     x11_channels: set[object] = field(default_factory=set)
+    # The listener's busy polling (`busypoll`), told of every chunk a session channel gets.
+    poll: BusyPoll | None = None
 
     def next_seq(self) -> int:
         self._seq += 1
@@ -105,6 +108,9 @@ class _Upstream(asyncssh.SSHClientSession[bytes]):
         self.relay = relay
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        poll = self.relay.ctx.poll
+        if poll is not None:
+            poll.kick()
         self.relay.from_target(data, datatype)
 
     def eof_received(self) -> bool:
@@ -181,6 +187,9 @@ class ChannelRelay(asyncssh.SSHServerSession[bytes]):
         spawn(self._start(), name="ssh-channel")
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        poll = self.ctx.poll
+        if poll is not None:
+            poll.kick()
         self.ctx.bytes_in += len(data)
         if self.up is None:
             self._held.append(data)

@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from lockgate.config.model import Listener
+from lockgate.config.ssh import SshListener
 from lockgate.proxy import busypoll
 from lockgate.proxy.busypoll import BusyPoll
 from lockgate.proxy.endpoint import Endpoint
@@ -86,9 +87,11 @@ def test_an_endpoint_kicks_its_poll_on_every_chunk_it_receives() -> None:
     assert got == [b"a", b"b", b"c"] and len(kicks) == 2
 
 
-def test_the_window_is_a_listener_setting_bounded_and_off_at_zero() -> None:
-    assert Listener().busy_poll_us == 200
-    assert Listener(busy_poll_us=0).busy_poll_us == 0
+@pytest.mark.parametrize("kind", [Listener, SshListener])
+def test_the_window_is_a_listener_setting_bounded_and_off_at_zero(kind: type[Listener]) -> None:
+    extra = {"protocol": "ssh"} if kind is SshListener else {}
+    assert kind(**extra).busy_poll_us == 200
+    assert kind(busy_poll_us=0, **extra).busy_poll_us == 0
     for bad in (-1, 10_001):
         with pytest.raises(ValidationError):
-            Listener(busy_poll_us=bad)
+            kind(busy_poll_us=bad, **extra)
