@@ -55,12 +55,10 @@ def encode(records: list[list[Any] | bytes]) -> bytes:
     """Frame records for one append; what is already `frame`d (bytes) goes as it is."""
     parts: list[bytes] = []
     for rec in records:
-        if type(rec) is bytes:
+        if isinstance(rec, bytes):
             parts.append(rec)
-            continue
-        payload = _dumps(rec, default=str)
-        parts.append(_pack(len(payload), _crc32(payload)))
-        parts.append(payload)
+        else:
+            parts += frame(rec)
     return b"".join(parts)
 
 

@@ -39,6 +39,11 @@ from time import perf_counter
 _yield = os.sched_yield
 
 
+def for_listener(window_us: int) -> BusyPoll | None:
+    """A poller on the running loop for a listener's `busy_poll_us`; None when it is 0."""
+    return BusyPoll(asyncio.get_running_loop(), window_us) if window_us else None
+
+
 class BusyPoll:
     """Keeps one event loop polling for `window_us` microseconds after each `kick`."""
 

@@ -28,7 +28,7 @@ from lockgate.identity.session_limits import SessionVerdict
 from lockgate.model import ClientInfo, Session, SessionEnd
 from lockgate.protocols.postgres import messages as m
 from lockgate.protocols.postgres import sqlstate
-from lockgate.proxy.busypoll import BusyPoll
+from lockgate.proxy import busypoll
 from lockgate.proxy.endpoint import Endpoint
 from lockgate.proxy.pg_errors import error_for
 from lockgate.proxy.pg_relay import PgRelay
@@ -131,8 +131,7 @@ class PostgresEngine:
         self.cancels = cancels
         self.forward_cancel = forward_cancel
         self.sessions: dict[str, PgRelay] = {}
-        window = listener.busy_poll_us
-        self.busy_poll = BusyPoll(asyncio.get_running_loop(), window) if window else None
+        self.busy_poll = busypoll.for_listener(listener.busy_poll_us)
         # Live sessions and how to end one from outside (token expiry, revocation).
         self._enders: dict[str, tuple[Session, Callable[[SessionVerdict], None]]] = {}
 

@@ -66,6 +66,7 @@ from lockgate.identity.verifier import shown
 from lockgate.keyfiles import create_private_file
 from lockgate.model import ClientInfo, Principal, ResultSummary, SessionEnd
 from lockgate.policy.ssh import SshRequest
+from lockgate.proxy import busypoll
 from lockgate.proxy.busypoll import BusyPoll
 from lockgate.proxy.ssh_agent_x11 import DISPLAY as X11_DISPLAY
 from lockgate.proxy.ssh_agent_x11 import allow_agent, allow_x11, install
@@ -156,8 +157,7 @@ class SshEngine:
         return str(self.host_key.get_fingerprint("sha256"))
 
     async def start(self, *, reuse_port: bool = False) -> None:
-        window = self.listener.busy_poll_us
-        self.poll = BusyPoll(asyncio.get_running_loop(), window) if window else None
+        self.poll = busypoll.for_listener(self.listener.busy_poll_us)
         self.acceptor = await asyncssh.create_server(
             lambda: _GatewayServer(self),
             self.listener.host,
